@@ -1,0 +1,57 @@
+"""The ``curation`` command: a thin shell over the library.
+
+Each command parses options, calls one function and prints the result. A
+``CurationError`` becomes one line on stderr and its exit code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from curation import __version__
+from curation.cli.context import AppContext
+from curation.errors import CurationError
+
+
+class UserError(click.ClickException):
+    """A CurationError on its way out: click prints it as one line."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.exit_code = code  # type: ignore[misc]  # click reads it per instance
+
+
+class CurationGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CurationError as exc:
+            raise UserError(str(exc), exc.exit_code) from exc
+
+
+@click.group(cls=CurationGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--database-url", help="PostgreSQL URL [env: DATABASE_URL; unset: embedded].")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Where the embedded database and spool live [env: CURATION_DATA_DIR].",
+)
+@click.version_option(__version__, prog_name="curation")
+@click.pass_context
+def main(ctx: click.Context, database_url: str | None, data_dir: Path | None) -> None:
+    """Capture LLM traffic in Postgres, curate it, fine-tune cheaper models on it."""
+    ctx.obj = AppContext({"database_url": database_url, "data_dir": data_dir})
+
+
+def _register() -> None:
+    from curation.cli import config_cmd, db_cmd, ns_cmd, proxy_cmd
+
+    for module in (config_cmd, db_cmd, ns_cmd, proxy_cmd):
+        for command in module.COMMANDS:
+            main.add_command(command)
+
+
+_register()

@@ -1,0 +1,106 @@
+"""Schema migrations through alembic, run on a connection we open.
+
+The revisions live in the repository's ``alembic/`` folder (packaged as
+``curation/_alembic`` in a wheel). Commands that need the schema call
+``check_current`` and are told ``run: curation db upgrade`` when behind.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+import sqlalchemy
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+
+from alembic import command
+from curation.db.connect import unavailable
+from curation.errors import InvalidInput, SchemaOutdated
+
+
+def script_location() -> Path:
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package / "_alembic", package.parent / "alembic"):
+        if (candidate / "env.py").exists():
+            return candidate
+    raise RuntimeError("alembic migrations not found next to the curation package")
+
+
+@functools.cache
+def _script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(_config())
+
+
+def _config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(script_location()))
+    return cfg
+
+
+def head() -> str:
+    rev = _script().get_current_head()
+    assert rev is not None
+    return rev
+
+
+@contextmanager
+def _alembic(url: str) -> Iterator[tuple[Config, sqlalchemy.Connection]]:
+    engine = sqlalchemy.create_engine(
+        "postgresql+psycopg://", creator=lambda: psycopg.connect(url), poolclass=sqlalchemy.NullPool
+    )
+    try:
+        with engine.connect() as conn:
+            cfg = _config()
+            cfg.attributes["connection"] = conn
+            yield cfg, conn
+    except sqlalchemy.exc.OperationalError as exc:
+        raise unavailable(url, exc.orig or exc) from exc
+    finally:
+        engine.dispose()
+
+
+def upgrade(url: str, revision: str = "head") -> str | None:
+    with _alembic(url) as (cfg, conn):
+        command.upgrade(cfg, revision)
+        return _current(conn)
+
+
+def downgrade(url: str, revision: str) -> str | None:
+    known = {s.revision for s in _script().walk_revisions()} | {"base"}
+    if revision not in known and not revision.startswith("-"):
+        raise InvalidInput(f"unknown revision {revision!r}; known: {', '.join(sorted(known))}")
+    with _alembic(url) as (cfg, conn):
+        command.downgrade(cfg, revision)
+        return _current(conn)
+
+
+def current(url: str) -> str | None:
+    with _alembic(url) as (_, conn):
+        return _current(conn)
+
+
+def _current(conn: sqlalchemy.Connection) -> str | None:
+    exists = conn.execute(sqlalchemy.text("SELECT to_regclass('alembic_version')")).scalar()
+    if exists is None:
+        return None
+    value = conn.execute(sqlalchemy.text("SELECT version_num FROM alembic_version")).scalar()
+    return str(value) if value is not None else None
+
+
+def check_current(conn: psycopg.Connection[dict[str, object]]) -> None:
+    """Raise SchemaOutdated unless the database is at the head revision."""
+    row = conn.execute("SELECT to_regclass('alembic_version') IS NOT NULL AS ok").fetchone()
+    rev = None
+    if row and row["ok"]:
+        got = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+        rev = str(got["version_num"]) if got else None
+    if rev != head():
+        have = rev or "empty"
+        raise SchemaOutdated(
+            f"the database schema is at {have}, this curation needs {head()}; "
+            "run: curation db upgrade"
+        )

@@ -1,0 +1,94 @@
+"""Namespaces: one per task, each with its own partition table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from curation import names
+from curation.db import queries
+from curation.db.connect import Connection
+from curation.errors import NotFound
+
+
+@dataclass(frozen=True)
+class Namespace:
+    name: str
+    training_system_prompt: str | None
+    base_model: str | None
+    serve_model: str | None
+    serve_percent: int
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def table(self) -> str:
+        return names.table_name(self.name)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Namespace:
+        return cls(**row)
+
+
+def create(
+    conn: Connection,
+    name: str,
+    *,
+    training_system_prompt: str | None = None,
+    base_model: str | None = None,
+) -> bool:
+    """Create the namespace and its table in one transaction; False if it existed."""
+    names.validate(name)
+    params = {
+        "name": name,
+        "training_system_prompt": training_system_prompt,
+        "base_model": base_model,
+    }
+    row = conn.execute(queries.get("create_namespace"), params).fetchone()
+    return bool(row and row["created"])
+
+
+def list_all(conn: Connection) -> list[Namespace]:
+    return [Namespace.from_row(r) for r in conn.execute(queries.get("list_namespaces"))]
+
+
+def get(conn: Connection, name: str) -> Namespace:
+    names.validate(name)
+    row = conn.execute(queries.get("get_namespace"), {"name": name}).fetchone()
+    if row is None:
+        raise NotFound(
+            f"unknown namespace {name!r}; see: curation ns list, or create it: curation ns create {name}"
+        )
+    return Namespace.from_row(row)
+
+
+def counts(conn: Connection, name: str) -> dict[str, int]:
+    row = conn.execute(queries.get("namespace_counts"), {"name": name}).fetchone()
+    keys = ("rows", "calls", "included", "excluded", "pending")
+    return {k: int(row[k]) if row else 0 for k in keys}  # type: ignore[call-overload]
+
+
+_UNSET: Any = object()
+
+
+def update(
+    conn: Connection,
+    name: str,
+    *,
+    training_system_prompt: str | None = _UNSET,
+    base_model: str | None = _UNSET,
+) -> Namespace:
+    """Change settings; arguments left out keep their value (None clears)."""
+    get(conn, name)
+    params = {
+        "name": name,
+        "set_prompt": training_system_prompt is not _UNSET,
+        "training_system_prompt": None
+        if training_system_prompt is _UNSET
+        else training_system_prompt,
+        "set_model": base_model is not _UNSET,
+        "base_model": None if base_model is _UNSET else base_model,
+    }
+    conn.execute(queries.get("update_namespace"), params)
+    return get(conn, name)

@@ -1,0 +1,33 @@
+-- name: create_namespace
+SELECT curation_create_namespace(%(name)s, %(training_system_prompt)s, %(base_model)s) AS created
+
+-- name: list_namespaces
+SELECT n.name, n.training_system_prompt, n.base_model, n.serve_model, n.serve_percent,
+       n.created_at, n.updated_at
+FROM namespace n
+ORDER BY n.name
+
+-- name: get_namespace
+SELECT n.name, n.training_system_prompt, n.base_model, n.serve_model, n.serve_percent,
+       n.created_at, n.updated_at
+FROM namespace n
+WHERE n.name = %(name)s
+
+-- name: namespace_counts
+SELECT namespace,
+       count(*) AS rows,
+       coalesce(sum(times_seen), 0) AS calls,
+       count(*) FILTER (WHERE included IS NOT NULL AND excluded IS NULL) AS included,
+       count(*) FILTER (WHERE excluded IS NOT NULL) AS excluded,
+       count(*) FILTER (WHERE included IS NULL AND excluded IS NULL) AS pending
+FROM openai_chat_completion
+WHERE namespace = %(name)s
+GROUP BY namespace
+
+-- name: update_namespace
+UPDATE namespace
+SET training_system_prompt = CASE WHEN %(set_prompt)s THEN %(training_system_prompt)s ELSE training_system_prompt END,
+    base_model = CASE WHEN %(set_model)s THEN %(base_model)s ELSE base_model END,
+    updated_at = now()
+WHERE name = %(name)s
+RETURNING name

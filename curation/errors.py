@@ -1,0 +1,49 @@
+"""The one exception tree of curation.
+
+    CurationError                 a user-facing failure: one line, an exit code
+     +-- InvalidInput             bad name, bad flag value, bad file (exit 2)
+     +-- NotFound                 unknown namespace, row or job (exit 3)
+     +-- DatabaseUnavailable      cannot connect (exit 4)
+     +-- SchemaOutdated           migrations pending (exit 5)
+     +-- UpstreamError            the model provider failed or refused (exit 6)
+     +-- Conflict                 the state forbids it: busy lock, wrong state (exit 7)
+
+Each boundary (database, HTTP, SDK) translates what it catches into one of
+these; the CLI prints the message and exits with ``exit_code``. Anything
+else escaping is a bug and may show a traceback.
+"""
+
+from __future__ import annotations
+
+
+class CurationError(Exception):
+    exit_code = 1
+
+    def __init__(self, message: str, *, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class InvalidInput(CurationError):
+    exit_code = 2
+
+
+class NotFound(CurationError):
+    exit_code = 3
+
+
+class DatabaseUnavailable(CurationError):
+    exit_code = 4
+
+
+class SchemaOutdated(CurationError):
+    exit_code = 5
+
+
+class UpstreamError(CurationError):
+    exit_code = 6
+
+
+class Conflict(CurationError):
+    exit_code = 7

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from tests import pg
+
+SHARED_TIKTOKEN = Path(__file__).resolve().parents[1].parent / "shared" / "tiktoken"
+if "TIKTOKEN_CACHE_DIR" not in os.environ and SHARED_TIKTOKEN.is_dir():
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(SHARED_TIKTOKEN)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    return pg.server_url()
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_server: str) -> Iterator[str]:
+    with pg.template(pg_server) as name:
+        yield name
+
+
+@pytest.fixture
+def db_url(pg_server: str, pg_template: str) -> Iterator[str]:
+    """A fresh database at the head revision, for this test alone."""
+    with pg.fresh_database(pg_server, pg_template) as url:
+        yield url
+
+
+@pytest.fixture
+def empty_db_url(pg_server: str) -> Iterator[str]:
+    """A fresh empty database (no migrations applied)."""
+    with pg.fresh_database(pg_server, None) as url:
+        yield url
+
+
+@pytest.fixture
+def conn(db_url: str) -> Iterator[psycopg.Connection[dict[str, object]]]:
+    with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as c:
+        yield c
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Start the embedded server (if used) once, before xdist workers race to init it."""
+    if not hasattr(config, "workerinput"):
+        pg.server_url()
