@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -9,6 +9,8 @@ import pytest
 from psycopg.rows import dict_row
 
 from tests import pg
+from tests.fake_openai import FakeOpenAI, Running
+from tests.harness import ProxyProcess
 
 SHARED_TIKTOKEN = Path(__file__).resolve().parents[1].parent / "shared" / "tiktoken"
 if "TIKTOKEN_CACHE_DIR" not in os.environ and SHARED_TIKTOKEN.is_dir():
@@ -50,3 +52,29 @@ def pytest_configure(config: pytest.Config) -> None:
     """Start the embedded server (if used) once, before xdist workers race to init it."""
     if not hasattr(config, "workerinput"):
         pg.server_url()
+
+
+@pytest.fixture
+def fake_openai() -> Iterator[FakeOpenAI]:
+    with Running() as running:
+        running.fake.url = running.url  # type: ignore[attr-defined]
+        yield running.fake
+
+
+@pytest.fixture
+def start_proxy(
+    db_url: str, fake_openai: FakeOpenAI, tmp_path: Path
+) -> Iterator[Callable[..., ProxyProcess]]:
+    """Start ``curation proxy`` against this test's database and the fake upstream."""
+    started: list[ProxyProcess] = []
+
+    def start(
+        spool: str = "spool", db: str | None = None, upstream: str | None = None, **env: str
+    ) -> ProxyProcess:
+        proc = ProxyProcess(db or db_url, upstream or fake_openai.url, tmp_path / spool, **env)  # type: ignore[attr-defined]
+        started.append(proc.start())
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()

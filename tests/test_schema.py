@@ -33,7 +33,11 @@ def test_namespace_table_shape_in_psql(db_url: str) -> None:
     assert "not null" in lines["response"]
     assert lines["included"].split("|")[1].strip() == "timestamp with time zone"
     assert "not null" not in lines["included"]
-    assert "UNIQUE CONSTRAINT, btree (namespace, user_prompt)" in out
+    assert "UNIQUE CONSTRAINT, btree (namespace, user_prompt_key)" in out
+    assert (
+        "generated always as (md5(lower(user_prompt::text))::uuid) stored"
+        in lines["user_prompt_key"]
+    )
     assert "PRIMARY KEY, btree (namespace, id)" in out
     assert "Partition of: openai_chat_completion FOR VALUES IN ('locations')" in out
 
@@ -41,8 +45,9 @@ def test_namespace_table_shape_in_psql(db_url: str) -> None:
 def test_comments_explain_partition_columns(conn: psycopg.Connection[dict[str, object]]) -> None:
     conn.execute("SELECT curation_create_namespace('geo')")
     row = conn.execute(
-        "SELECT col_description('geo_openai_chat_completion'::regclass, 5) AS c,"
-        " obj_description('geo_openai_chat_completion'::regclass) AS t"
+        "SELECT col_description(attrelid, attnum) AS c, obj_description(attrelid) AS t"
+        " FROM pg_attribute WHERE attrelid = 'geo_openai_chat_completion'::regclass"
+        " AND attname = 'included'"
     ).fetchone()
     assert row is not None
     assert "included" in str(row["c"]) and "now()" in str(row["c"])
@@ -58,6 +63,19 @@ def test_user_prompt_unique_case_insensitively(conn: psycopg.Connection[dict[str
     conn.execute(insert, ["Paris"])
     with pytest.raises(psycopg.errors.UniqueViolation):
         conn.execute(insert, ["PARIS"])
+
+
+def test_long_prompts_are_unique_too(conn: psycopg.Connection[dict[str, object]]) -> None:
+    """A btree cannot hold a 64 kB prompt; the hashed key can, with the same case rules."""
+    conn.execute("SELECT curation_create_namespace('locations')")
+    long = "".join(f"{i:x}Zq" for i in range(20000))
+    insert = (
+        "INSERT INTO locations_openai_chat_completion (namespace, user_prompt, response)"
+        " VALUES ('locations', %s, '{}')"
+    )
+    conn.execute(insert, [long])
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute(insert, [long.upper()])
 
 
 def test_direct_partition_insert_gets_an_id(conn: psycopg.Connection[dict[str, object]]) -> None:

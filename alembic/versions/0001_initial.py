@@ -42,6 +42,7 @@ CREATE TABLE openai_chat_completion (
     id bigint NOT NULL DEFAULT nextval('openai_chat_completion_id_seq'),
     namespace text NOT NULL REFERENCES namespace (name),
     user_prompt citext NOT NULL,
+    user_prompt_key uuid GENERATED ALWAYS AS (md5(lower(user_prompt::text))::uuid) STORED,
     response json NOT NULL,
     included timestamptz,
     excluded timestamptz,
@@ -63,7 +64,7 @@ CREATE TABLE openai_chat_completion (
     times_seen integer NOT NULL DEFAULT 1,
     version integer NOT NULL DEFAULT 1,
     PRIMARY KEY (namespace, id),
-    UNIQUE (namespace, user_prompt)
+    UNIQUE (namespace, user_prompt_key)
 ) PARTITION BY LIST (namespace);
 ALTER SEQUENCE openai_chat_completion_id_seq OWNED BY openai_chat_completion.id;
 
@@ -71,6 +72,7 @@ COMMENT ON TABLE openai_chat_completion IS 'Captured chat completions, partition
 COMMENT ON COLUMN openai_chat_completion.id IS 'Row id, unique across namespaces (one shared sequence).';
 COMMENT ON COLUMN openai_chat_completion.namespace IS 'The namespace (task) this call belongs to; the partition key.';
 COMMENT ON COLUMN openai_chat_completion.user_prompt IS 'The user-visible input: the last user message, or a rendering of the whole non-system conversation. Unique per namespace, case-insensitively.';
+COMMENT ON COLUMN openai_chat_completion.user_prompt_key IS 'md5 of lower(user_prompt): the unique key, equal exactly when citext calls two prompts equal. A btree cannot index prompts over ~2.7 kB; their hash it can.';
 COMMENT ON COLUMN openai_chat_completion.response IS 'The chat.completion object exactly as the upstream returned it (streams reassembled). Never overwritten by repeats.';
 COMMENT ON COLUMN openai_chat_completion.included IS 'When a curator included the row in training data; NULL = not included. UPDATE ... SET included = now().';
 COMMENT ON COLUMN openai_chat_completion.excluded IS 'When a curator reviewed and rejected the row; excluded rows are never exported.';

@@ -1,0 +1,89 @@
+"""Writing captured rows (async, for the proxy's background writer).
+
+A batch is COPYed into a temp staging table, folded and upserted in one
+statement, and the spool checkpoint moves in the same transaction: after a
+crash the replay starts exactly where the committed rows end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import psycopg
+from psycopg.rows import dict_row
+
+from curation.capture.row import Row
+from curation.db import queries
+
+AsyncConnection = psycopg.AsyncConnection[dict[str, object]]
+
+
+async def connect(url: str) -> AsyncConnection:
+    conn = await psycopg.AsyncConnection.connect(
+        url, autocommit=True, row_factory=dict_row, connect_timeout=5
+    )
+    await conn.execute(queries.get("create_staging"))
+    return conn
+
+
+async def namespaces(conn: AsyncConnection) -> set[str]:
+    cur = await conn.execute(queries.get("namespace_names"))
+    return {str(r["name"]) for r in await cur.fetchall()}
+
+
+async def checkpoint(conn: AsyncConnection, spool_id: str) -> tuple[int, int] | None:
+    cur = await conn.execute(queries.get("get_checkpoint"), {"spool_id": spool_id})
+    row = await cur.fetchone()
+    return (int(row["segment"]), int(row["byte_offset"])) if row else None  # type: ignore[call-overload]
+
+
+async def create_namespaces(conn: AsyncConnection, names: set[str]) -> None:
+    for name in sorted(names):
+        await conn.execute(
+            queries.get("create_namespace"),
+            {
+                "name": name,
+                "training_system_prompt": None,
+                "base_model": None,
+            },
+        )
+
+
+async def insert_rows(conn: AsyncConnection, rows: Sequence[Row]) -> None:
+    async with conn.cursor() as cur:
+        async with cur.copy(queries.get("copy_staging")) as copy:
+            for ord_, r in enumerate(rows):
+                await copy.write_row(
+                    (
+                        ord_,
+                        r.namespace,
+                        r.user_prompt,
+                        r.response,
+                        r.request,
+                        r.system_prompt,
+                        r.model,
+                        r.prompt_tokens,
+                        r.completion_tokens,
+                        r.latency_ms,
+                        r.streamed,
+                        r.upstream_request_id,
+                        r.seen_at,
+                        r.tags,
+                    )
+                )
+        await cur.execute(queries.get("insert_from_staging"))
+        await cur.execute("DELETE FROM capture_staging")
+
+
+async def set_checkpoint(
+    conn: AsyncConnection, spool_id: str, segment: int, offset: int, rows: int
+) -> None:
+    await conn.execute(
+        queries.get("set_checkpoint"),
+        {
+            "spool_id": spool_id,
+            "segment": segment,
+            "offset": offset,
+            "rows": rows,
+        },
+    )

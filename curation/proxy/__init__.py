@@ -1,0 +1,1 @@
+"""The capture path: an OpenAI-compatible proxy that records chat completions."""

@@ -1,0 +1,371 @@
+"""The proxy's HTTP handling: forward every /v1/* call, record chat completions.
+
+The request path only copies bytes: the body goes upstream untouched, the
+upstream's status, headers and body (or SSE chunks, as they arrive) come
+back untouched. A 2xx chat completion is appended to the spool as raw
+bytes before its last byte reaches the client; all parsing happens later,
+in the writer.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from curation.capture.row import Capture
+from curation.config import Settings
+from curation.proxy import routing, spool
+from curation.proxy.metrics import Metrics
+from curation.proxy.writer import Writer
+
+log = logging.getLogger("curation.proxy")
+access = logging.getLogger("curation.access")
+
+CLIENT_GONE = (ConnectionResetError, ConnectionError)
+UPSTREAM_CUT = (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+
+
+@dataclass
+class Call:
+    """One call in flight: what the handler learned about it so far."""
+
+    route: routing.Route
+    record: bool
+    body: bytes
+    tags: str | None
+    kind: str
+    started: float
+    t0: float
+    t_up: float = 0.0
+
+
+@dataclass
+class Proxy:
+    settings: Settings
+    spool: spool.Spool
+    writer: Writer
+    metrics: Metrics
+    session: aiohttp.ClientSession | None = None
+
+    # -- helpers ---------------------------------------------------------
+
+    def error(
+        self, status: int, message: str, code: str, kind: str = "invalid_request_error"
+    ) -> web.Response:
+        body = orjson.dumps(routing.error_body(message, code, kind))
+        return web.Response(status=status, body=body, content_type="application/json")
+
+    def forward_headers(self, request: web.Request) -> CIMultiDict[str]:
+        headers: CIMultiDict[str] = CIMultiDict()
+        for key, value in request.headers.items():
+            low = key.lower()
+            if low in routing.HOP_BY_HOP or low in routing.CURATION_HEADERS:
+                continue
+            if low == "accept-encoding":
+                value = routing.accept_encoding(value)
+            headers.add(key, value)
+        if "accept-encoding" not in headers:
+            headers["Accept-Encoding"] = "identity"
+        if self.settings.proxy_keys:
+            headers["Authorization"] = f"Bearer {self.settings.openai_api_key or ''}"
+        return headers
+
+    @staticmethod
+    def back_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
+        return CIMultiDict(
+            (k, v) for k, v in upstream.headers.items() if k.lower() not in routing.HOP_BY_HOP
+        )
+
+    def authorized(self, request: web.Request) -> bool:
+        if not self.settings.proxy_keys:
+            return True
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip().encode()
+        found = False
+        for key in self.settings.proxy_keys:  # no early exit: time does not tell which key
+            found |= hmac.compare_digest(given, key.encode())
+        return found
+
+    def spool_capture(self, capture: Capture) -> None:
+        try:
+            self.spool.append(spool.encode(capture.meta(), capture.request, capture.response))
+        except OSError as exc:
+            self.metrics.dropped.labels("disk").inc()
+            log.error("could not spool a capture of namespace %s: %s", capture.namespace, exc)
+            return
+        self.metrics.spooled.inc()
+        self.writer.wake()
+
+    # -- operations endpoints ------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        over = self.spool.total_bytes >= self.spool.max_bytes * 0.9
+        ready = self.writer.database_ok and not over
+        body = {
+            "status": "ready" if ready else "degraded",
+            "database": "ok" if self.writer.database_ok else "unreachable",
+            "spool_bytes": self.spool.total_bytes,
+            "spool_max_bytes": self.spool.max_bytes,
+            "pending_records": self.writer.backlog,
+        }
+        return web.json_response(body, status=200 if ready else 503)
+
+    async def metrics_endpoint(self, request: web.Request) -> web.Response:
+        self.metrics.queue_depth.set(self.writer.backlog)
+        self.metrics.spool_bytes.set(self.spool.total_bytes)
+        return web.Response(
+            body=generate_latest(self.metrics.registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
+        )
+
+    # -- the proxy -------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        t0 = time.perf_counter()
+        try:
+            route = routing.route(
+                request.method,
+                request.path,
+                request.headers.get("X-Curation-Namespace"),
+                self.settings.default_namespace,
+            )
+        except routing.RouteError as exc:
+            return self.error(exc.status, str(exc), exc.code)
+        if not self.authorized(request):
+            return self.error(
+                401, "Incorrect API key provided to the curation proxy.", "invalid_api_key"
+            )
+        body = await self._read_body(request)
+        if isinstance(body, web.Response):
+            return body
+        ns = route.namespace
+        if route.record and ns and not self.settings.create_namespaces:
+            known = self.writer.known_namespaces
+            if known is not None and ns not in known:
+                return self.error(
+                    404,
+                    f"unknown curation namespace {ns!r} (namespaces are not created on use here)",
+                    "namespace_not_found",
+                )
+        call = Call(
+            route=route,
+            record=route.record and self._should_record(request, ns),
+            body=body,
+            tags=request.headers.get("X-Curation-Tags"),
+            kind="chat" if route.record else "other",
+            started=time.time(),
+            t0=t0,
+        )
+        url = self.settings.upstream_url.rstrip("/") + route.upstream_path
+        if request.query_string:
+            url += "?" + request.query_string
+        assert self.session is not None
+        call.t_up = time.perf_counter()
+        try:
+            upstream = await self.session.request(
+                request.method,
+                url,
+                data=body,
+                headers=self.forward_headers(request),
+                allow_redirects=False,
+            )
+        except TimeoutError:
+            self.metrics.upstream_errors.labels("timeout").inc()
+            return self.error(
+                504, "The upstream did not answer in time.", "upstream_timeout", "api_error"
+            )
+        except aiohttp.ClientError as exc:
+            self.metrics.upstream_errors.labels("connect").inc()
+            log.warning("upstream unreachable: %s", exc)
+            return self.error(
+                502,
+                f"The upstream is unreachable: {type(exc).__name__}.",
+                "upstream_unreachable",
+                "api_error",
+            )
+        try:
+            if upstream.content_type == "text/event-stream":
+                return await self._stream(request, upstream, call)
+            return await self._plain(upstream, call)
+        finally:
+            upstream.release()
+
+    def _should_record(self, request: web.Request, namespace: str | None) -> bool:
+        if request.headers.get("X-Curation-Log", "").strip().lower() in ("off", "0", "false", "no"):
+            self.metrics.unrecorded.labels("opt_out").inc()
+            return False
+        if not namespace:
+            self.metrics.unrecorded.labels("no_namespace").inc()
+            return False
+        return True
+
+    async def _read_body(self, request: web.Request) -> bytes | web.Response:
+        limit = self.settings.max_body_bytes
+        too_big = self.error(
+            413,
+            f"Request body over the curation proxy's limit of {limit} bytes.",
+            "request_too_large",
+        )
+        if request.content_length is not None and request.content_length > limit:
+            return too_big
+        chunks, size = [], 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                return too_big
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _record(
+        self, call: Call, upstream: aiohttp.ClientResponse, response: bytes, streamed: bool
+    ) -> None:
+        self.spool_capture(
+            Capture(
+                namespace=call.route.namespace or "",
+                started_at=call.started,
+                latency_ms=(time.perf_counter() - call.t_up) * 1000,
+                streamed=streamed,
+                content_encoding=upstream.headers.get("Content-Encoding"),
+                request_id=upstream.headers.get("x-request-id"),
+                tags_header=call.tags,
+                request=call.body,
+                response=response,
+            )
+        )
+
+    async def _plain(self, upstream: aiohttp.ClientResponse, call: Call) -> web.StreamResponse:
+        try:
+            data = await upstream.read()
+        except TimeoutError:
+            self.metrics.upstream_errors.labels("timeout").inc()
+            return self.error(
+                504, "The upstream did not finish in time.", "upstream_timeout", "api_error"
+            )
+        except aiohttp.ClientError as exc:
+            self.metrics.upstream_errors.labels("cut").inc()
+            return self.error(
+                502,
+                f"The upstream broke off: {type(exc).__name__}.",
+                "upstream_unreachable",
+                "api_error",
+            )
+        t_done = time.perf_counter()
+        if call.record:
+            if 200 <= upstream.status < 300:
+                self._record(call, upstream, data, streamed=False)
+            else:
+                self.metrics.unrecorded.labels("status").inc()
+        response = web.Response(
+            status=upstream.status, body=data, headers=self.back_headers(upstream)
+        )
+        self._done(call, upstream.status, t_done, time.perf_counter() - t_done)
+        return response
+
+    async def _stream(
+        self, request: web.Request, upstream: aiohttp.ClientResponse, call: Call
+    ) -> web.StreamResponse:
+        call.kind += "_stream"
+        record = call.record and 200 <= upstream.status < 300
+        response = web.StreamResponse(status=upstream.status, headers=self.back_headers(upstream))
+        chunks: list[bytes] = []
+        spooled = False
+        try:
+            await response.prepare(request)
+            t_first = time.perf_counter()
+            async for chunk in upstream.content.iter_any():
+                if record:
+                    chunks.append(chunk)
+                    if not spooled and b"[DONE]" in chunk:  # spool before the client has it all
+                        self._record(call, upstream, b"".join(chunks), streamed=True)
+                        spooled = True
+                await response.write(chunk)
+            if record and not spooled:
+                if b"[DONE]" in b"".join(chunks[-2:]):
+                    self._record(call, upstream, b"".join(chunks), streamed=True)
+                else:
+                    self.metrics.unrecorded.labels("upstream_cut").inc()
+            await response.write_eof()
+        except CLIENT_GONE:
+            upstream.close()
+            if record and not spooled:
+                self.metrics.unrecorded.labels("client_disconnect").inc()
+            self._done(call, 499)
+            return response
+        except (*UPSTREAM_CUT, TimeoutError) as exc:
+            upstream.close()
+            self.metrics.upstream_errors.labels("cut").inc()
+            if record and not spooled:
+                self.metrics.unrecorded.labels("upstream_cut").inc()
+            log.warning("upstream stream broke off: %s", type(exc).__name__)
+            if request.transport is not None:
+                request.transport.close()  # the client must see a broken stream, not a clean end
+            self._done(call, 502)
+            return response
+        self._done(call, upstream.status, t_first)
+        return response
+
+    def _done(
+        self, call: Call, status: int, t_headers: float | None = None, after: float = 0.0
+    ) -> None:
+        """Count the call; added latency = time to the response head minus upstream time."""
+        if t_headers is not None:
+            self.metrics.added_latency.observe(max(0.0, call.t_up - call.t0 + after))
+            self.metrics.upstream_latency.labels(call.kind).observe(time.perf_counter() - call.t_up)
+        self.metrics.requests.labels(call.route.namespace or "", call.kind, str(status)).inc()
+        if self.settings.access_log:
+            access.info(
+                "request",
+                extra={
+                    "namespace": call.route.namespace,
+                    "path": call.route.upstream_path,
+                    "kind": call.kind,
+                    "status": status,
+                    "ms": round((time.perf_counter() - call.t0) * 1000, 2),
+                },
+            )
+
+    # -- lifecycle -------------------------------------------------------
+
+    async def on_startup(self, app: web.Application) -> None:
+        s = self.settings
+        connector = aiohttp.TCPConnector(
+            limit=s.upstream_max_connections,
+            limit_per_host=0,
+            keepalive_timeout=60,
+            enable_cleanup_closed=True,
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=s.upstream_connect_timeout, sock_read=s.upstream_read_timeout
+        )
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Content-Type"),
+        )
+        self.writer.start()
+
+    async def on_cleanup(self, app: web.Application) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+
+def build_app(proxy: Proxy) -> web.Application:
+    app = web.Application(client_max_size=proxy.settings.max_body_bytes + 1)
+    app.router.add_get("/healthz", proxy.healthz)
+    app.router.add_get("/readyz", proxy.readyz)
+    app.router.add_get("/metrics", proxy.metrics_endpoint)
+    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    app.on_startup.append(proxy.on_startup)
+    app.on_cleanup.append(proxy.on_cleanup)
+    return app

@@ -1,0 +1,80 @@
+"""Which namespace a call belongs to and where it goes upstream. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from curation import names
+
+CHAT_PATH = "/v1/chat/completions"
+# headers that describe one hop, not the message; never forwarded either way
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+CURATION_HEADERS = frozenset({"x-curation-namespace", "x-curation-tags", "x-curation-log"})
+DECODABLE = ("gzip", "deflate", "identity")
+
+
+@dataclass(frozen=True)
+class Route:
+    upstream_path: str
+    namespace: str | None
+    record: bool
+
+
+class RouteError(ValueError):
+    def __init__(self, status: int, message: str, code: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+def route(method: str, path: str, header_namespace: str | None, default_namespace: str) -> Route:
+    namespace: str | None = None
+    if path.startswith("/ns/"):
+        _, _, name, *rest = path.split("/", 3)
+        namespace = name
+        path = "/" + (rest[0] if rest else "")
+    elif header_namespace:
+        namespace = header_namespace.strip()
+    elif default_namespace:
+        namespace = default_namespace
+    if not path.startswith("/v1/"):
+        raise RouteError(
+            404,
+            f"unknown path {path!r}: this proxy serves /v1/* and /ns/<namespace>/v1/*",
+            "not_found",
+        )
+    if namespace is not None and not names.is_valid(namespace):
+        raise RouteError(
+            400,
+            f"invalid curation namespace {namespace[:60]!r}: use ^[a-z][a-z0-9_]{{0,39}}$",
+            "invalid_namespace",
+        )
+    record = method == "POST" and path.rstrip("/") == CHAT_PATH
+    return Route(upstream_path=path, namespace=namespace, record=record)
+
+
+def accept_encoding(value: str | None) -> str:
+    """Keep only encodings the recorder can decode (the client still gets them raw)."""
+    if not value:
+        return "identity"
+    kept = [p.strip() for p in value.split(",") if p.split(";")[0].strip().lower() in DECODABLE]
+    return ", ".join(kept) or "identity"
+
+
+def error_body(message: str, code: str, kind: str = "invalid_request_error") -> dict[str, object]:
+    """OpenAI's error shape, so SDKs raise their usual exceptions."""
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}

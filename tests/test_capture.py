@@ -1,0 +1,257 @@
+"""Pure capture logic: prompts, stream reassembly, tags, rows."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import orjson
+import pytest
+
+from curation.capture import prompt, row, stream, tags
+
+
+def sse(*events: object) -> bytes:
+    return (
+        b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+    )
+
+
+def chunk(choices: list[dict[str, object]], **extra: object) -> dict[str, object]:
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": choices,
+        **extra,
+    }
+
+
+def test_single_turn_prompt_and_system() -> None:
+    p = prompt.extract(
+        {
+            "messages": [
+                {"role": "system", "content": "Long prompt"},
+                {"role": "developer", "content": [{"type": "text", "text": "More rules"}]},
+                {"role": "user", "content": "Paris"},
+            ]
+        }
+    )
+    assert p.user_prompt == "Paris"
+    assert p.system_prompt == "Long prompt\n\nMore rules"
+
+
+def test_multi_turn_renders_whole_conversation() -> None:
+    a = prompt.extract(
+        {
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello"},
+                {"role": "user", "content": "Paris"},
+            ]
+        }
+    )
+    b = prompt.extract({"messages": [{"role": "user", "content": "Paris"}]})
+    assert a.user_prompt == "user: hi\n\nassistant: hello\n\nuser: Paris"
+    assert a.user_prompt != b.user_prompt
+    assert a.system_prompt is None
+
+
+def test_prompt_parts_and_nul() -> None:
+    p = prompt.extract(
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "look\x00"},
+                        {"type": "image_url", "image_url": {"url": "x"}},
+                    ],
+                }
+            ]
+        }
+    )
+    assert p.user_prompt == "look\ufffd\n[image_url]"
+
+
+def test_reassemble_content_usage_and_n() -> None:
+    body = sse(
+        chunk(
+            [
+                {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None},
+                {"index": 1, "delta": {"role": "assistant", "content": ""}, "finish_reason": None},
+            ],
+            usage=None,
+        ),
+        chunk([{"index": 0, "delta": {"content": "Hel"}, "finish_reason": None}], usage=None),
+        chunk([{"index": 1, "delta": {"content": "Other"}, "finish_reason": None}], usage=None),
+        chunk(
+            [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}],
+            usage=None,
+            system_fingerprint="fp",
+        ),
+        chunk([{"index": 1, "delta": {}, "finish_reason": "length"}], usage=None),
+        chunk([], usage={"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}),
+    )
+    out = stream.reassemble(body)
+    assert out is not None
+    assert out["object"] == "chat.completion" and out["system_fingerprint"] == "fp"
+    assert [c["message"]["content"] for c in out["choices"]] == ["Hello", "Other"]
+    assert [c["finish_reason"] for c in out["choices"]] == ["stop", "length"]
+    assert out["usage"]["total_tokens"] == 5
+
+
+def test_reassemble_tool_calls_by_index() -> None:
+    body = sse(
+        chunk(
+            [
+                {
+                    "index": 0,
+                    "delta": {
+                        "role": "assistant",
+                        "tool_calls": [
+                            {
+                                "index": 0,
+                                "id": "call_a",
+                                "type": "function",
+                                "function": {"name": "geo", "arguments": ""},
+                            },
+                            {
+                                "index": 1,
+                                "id": "call_b",
+                                "type": "function",
+                                "function": {"name": "time", "arguments": ""},
+                            },
+                        ],
+                    },
+                }
+            ]
+        ),
+        chunk(
+            [
+                {
+                    "index": 0,
+                    "delta": {"tool_calls": [{"index": 1, "function": {"arguments": '{"tz":'}}]},
+                }
+            ]
+        ),
+        chunk(
+            [
+                {
+                    "index": 0,
+                    "delta": {"tool_calls": [{"index": 0, "function": {"arguments": '{"q": 1}'}}]},
+                }
+            ]
+        ),
+        chunk(
+            [
+                {
+                    "index": 0,
+                    "delta": {"tool_calls": [{"index": 1, "function": {"arguments": '"UTC"}'}}]},
+                    "finish_reason": "tool_calls",
+                }
+            ]
+        ),
+    )
+    out = stream.reassemble(body)
+    assert out is not None
+    calls = out["choices"][0]["message"]["tool_calls"]
+    assert [(c["id"], c["function"]["name"], c["function"]["arguments"]) for c in calls] == [
+        ("call_a", "geo", '{"q": 1}'),
+        ("call_b", "time", '{"tz":"UTC"}'),
+    ]
+    assert out["choices"][0]["message"]["content"] is None
+
+
+def test_refusal_deltas() -> None:
+    out = stream.reassemble(
+        sse(
+            chunk([{"index": 0, "delta": {"refusal": "I can"}}]),
+            chunk([{"index": 0, "delta": {"refusal": "not."}, "finish_reason": "stop"}]),
+        )
+    )
+    assert out is not None and out["choices"][0]["message"]["refusal"] == "I cannot."
+
+
+def test_cut_or_error_stream_is_not_a_completion() -> None:
+    cut = b'data: {"id":"x","choices":[{"index":0,"delta":{"content":"a"}}]}\n\n'
+    assert stream.reassemble(cut) is None
+    assert stream.reassemble(sse({"error": {"message": "boom"}})) is None
+
+
+@pytest.mark.parametrize(
+    ("header", "want"),
+    [
+        ("team=geo, env=prod", {"team": "geo", "env": "prod"}),
+        ("flag,,=x, k=", {"flag": "true", "k": "true"}),
+        (None, {}),
+    ],
+)
+def test_tag_header(header: str | None, want: dict[str, str]) -> None:
+    assert tags.parse_header(header) == want
+
+
+def test_tags_merge_metadata_user_header() -> None:
+    got = tags.from_request({"metadata": {"a": "1"}, "user": "u-7"}, "b=2,a=3")
+    assert got == {"a": "3", "user": "u-7", "b": "2"}
+
+
+def capture(
+    request: object, response: bytes, streamed: bool = False, encoding: str | None = None
+) -> row.Capture:
+    return row.Capture(
+        "ns",
+        1700000000.0,
+        12.5,
+        streamed,
+        encoding,
+        "req_1",
+        "k=v",
+        orjson.dumps(request),
+        response,
+    )
+
+
+def test_build_row_keeps_response_text_verbatim() -> None:
+    body = b'{"id": "c",  "model": "gpt-4o", "choices": [{"message": {"content": "x"}}], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}'
+    r = row.build(
+        capture(
+            {
+                "model": "gpt-4o",
+                "messages": [{"role": "user", "content": "hi"}],
+                "metadata": {"m": "1"},
+            },
+            body,
+        )
+    )
+    assert r.response == body.decode()
+    assert (r.user_prompt, r.model, r.prompt_tokens, r.completion_tokens) == ("hi", "gpt-4o", 3, 1)
+    assert json.loads(r.tags) == {"m": "1", "k": "v"}
+
+
+def test_build_row_gzip_body() -> None:
+    body = b'{"choices": [], "model": "m"}'
+    r = row.build(capture({"messages": []}, gzip.compress(body), encoding="gzip"))
+    assert r.response == body.decode()
+
+
+@pytest.mark.parametrize(
+    ("request_", "response", "reason"),
+    [
+        (b"not json", b"{}", "request is not JSON"),
+        ({"model": "x"}, b"{}", "no messages"),
+        ({"messages": []}, b"<html>", "response is not JSON"),
+        ({"messages": []}, b'{"object": "list"}', "not a chat.completion"),
+    ],
+)
+def test_unrecordable(request_: object, response: bytes, reason: str) -> None:
+    c = capture({}, response)
+    c = row.Capture(
+        **{
+            **c.__dict__,
+            "request": request_ if isinstance(request_, bytes) else orjson.dumps(request_),
+        }
+    )
+    with pytest.raises(row.Unrecordable, match=reason):
+        row.build(c)

@@ -1,0 +1,191 @@
+"""Nothing lost, nothing written twice: PostgreSQL outages, kill -9, restarts,
+rows PostgreSQL refuses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import openai
+from openai import OpenAI
+
+from curation.capture.row import Row
+from curation.proxy.metrics import Metrics
+from curation.proxy.spool import Position, Spool
+from curation.proxy.writer import Writer
+from tests.harness import ProxyProcess, Relay, query, wait_for
+
+Start = Callable[..., ProxyProcess]
+KEY = "sk-durability-test"
+
+
+def client(proxy: ProxyProcess) -> OpenAI:
+    return OpenAI(base_url=f"{proxy.url}/ns/dur/v1", api_key=KEY, max_retries=0, timeout=10)
+
+
+def call(proxy: ProxyProcess, text: str, stream: bool = False) -> None:
+    c = client(proxy)
+    messages = [{"role": "user", "content": text}]
+    if stream:
+        list(c.chat.completions.create(model="gpt-4o-mini", messages=messages, stream=True))  # type: ignore[arg-type]
+    else:
+        c.chat.completions.create(model="gpt-4o-mini", messages=messages)  # type: ignore[arg-type]
+
+
+def recorded(db_url: str) -> dict[str, int]:
+    try:
+        found = query(db_url, "SELECT user_prompt, times_seen FROM dur_openai_chat_completion")
+    except Exception:
+        return {}
+    return {r["user_prompt"]: r["times_seen"] for r in found}
+
+
+def test_postgres_down_during_traffic_then_back(start_proxy: Start, db_url: str) -> None:
+    relay = Relay(db_url)
+    relay.up()
+    proxy = start_proxy(db=relay.url)
+    for i in range(10):
+        call(proxy, f"before {i}", stream=i % 2 == 0)
+    wait_for(lambda: len(recorded(db_url)) == 10)
+    relay.down()
+    for i in range(30):  # calls go on while PostgreSQL is away
+        call(proxy, f"during {i}", stream=i % 2 == 0)
+    wait_for(lambda: "curation_database_up 0.0" in metrics(proxy))
+    assert b"503" in http(proxy, "/readyz").split(b"\r\n")[0]
+    assert len(recorded(db_url)) == 10
+    relay.up()
+    got = wait_for(lambda: (r := recorded(db_url)) and len(r) == 40 and r, timeout=30)
+    assert set(got.values()) == {1}  # each call exactly once
+    wait_for(lambda: b"200" in http(proxy, "/readyz").split(b"\r\n")[0])
+    relay.down()
+
+
+def test_postgres_down_at_start(start_proxy: Start, db_url: str) -> None:
+    relay = Relay(db_url)  # not up: connection refused
+    proxy = start_proxy(db=relay.url)
+    call(proxy, "while down")
+    assert "starting without PostgreSQL" in proxy.log()
+    relay.up()
+    wait_for(lambda: recorded(db_url) == {"while down": 1}, timeout=30)
+    relay.down()
+
+
+def test_kill_9_under_load_loses_nothing_and_writes_nothing_twice(
+    start_proxy: Start, db_url: str
+) -> None:
+    proxy = start_proxy()
+    received: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def worker(w: int) -> None:
+        for i in range(1000):
+            if stop.is_set():
+                return
+            text = f"load w{w} #{i}"
+            try:
+                call(proxy, text, stream=(i + w) % 2 == 0)
+            except (openai.APIError, openai.APIConnectionError):
+                return
+            with lock:
+                received.append(text)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(received) >= 150, timeout=60)
+    proxy.kill()  # SIGKILL mid-load
+    stop.set()
+    for t in threads:
+        t.join(20)
+    assert len(received) >= 150
+    restarted = start_proxy()  # same spool directory
+    got = wait_for(lambda: (r := recorded(db_url)) and set(received) <= set(r) and r, timeout=60)
+    assert all(n == 1 for n in got.values()), {k: v for k, v in got.items() if v != 1}
+    restarted.stop()
+
+
+def test_restart_replays_nothing_already_written(start_proxy: Start, db_url: str) -> None:
+    first = start_proxy()
+    for i in range(5):
+        call(first, f"r{i}")
+    wait_for(lambda: len(recorded(db_url)) == 5)
+    assert first.stop() == 0
+    second = start_proxy()
+    call(second, "after restart")
+    wait_for(lambda: len(recorded(db_url)) == 6)
+    second.stop()
+    third = start_proxy()
+    call(third, "third")
+    got = wait_for(lambda: (r := recorded(db_url)) and len(r) == 7 and r)
+    assert set(got.values()) == {1}
+    checkpoint = query(db_url, "SELECT rows_written FROM spool_checkpoint")
+    assert [r["rows_written"] for r in checkpoint] == [7]
+
+
+def test_rows_postgres_refuses_are_kept_aside(db_url: str, tmp_path: Path) -> None:
+    """A bad row in a batch does not block the others, and is kept, not dropped."""
+    from datetime import UTC, datetime
+
+    def row(prompt: str, response: str) -> Row:
+        return Row(
+            "dur",
+            prompt,
+            response,
+            json.dumps({"messages": []}),
+            None,
+            "m",
+            1,
+            1,
+            1.0,
+            False,
+            None,
+            datetime.now(UTC),
+            "{}",
+        )
+
+    async def scenario() -> Metrics:
+        metrics = Metrics()
+        spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
+        spool.open()
+        writer = Writer(spool, db_url, metrics)
+        batch = [
+            row("good 1", '{"choices": []}'),
+            row("poison", "{not json"),
+            row("good 2", '{"choices": []}'),
+        ]
+        assert await writer.commit(batch, Position(1, 123))
+        await writer.stop(1)
+        spool.close()
+        return metrics
+
+    metrics = asyncio.run(scenario())
+    assert recorded(db_url) == {"good 1": 1, "good 2": 1}
+    rejected = [
+        json.loads(line)
+        for line in (tmp_path / "spool" / "rejected.jsonl").read_text().splitlines()
+    ]
+    assert [r["row"]["user_prompt"] for r in rejected] == ["poison"]
+    assert "invalid input syntax for type json" in rejected[0]["reason"]
+    assert metrics.rejected._value.get() == 1  # type: ignore[attr-defined]
+    assert query(db_url, "SELECT segment, byte_offset FROM spool_checkpoint") == [
+        {"segment": 1, "byte_offset": 123}
+    ]
+
+
+def http(proxy: ProxyProcess, path: str) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data
+
+
+def metrics(proxy: ProxyProcess) -> str:
+    return http(proxy, "/metrics").decode()
