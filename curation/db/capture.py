@@ -49,7 +49,8 @@ async def create_namespaces(conn: AsyncConnection, names: set[str]) -> None:
         )
 
 
-async def insert_rows(conn: AsyncConnection, rows: Sequence[Row]) -> None:
+async def insert_rows(conn: AsyncConnection, rows: Sequence[Row], *, clear: bool = False) -> None:
+    """Upsert ``rows``; ``clear`` empties staging for another insert in the same transaction."""
     async with conn.cursor() as cur:
         async with cur.copy(queries.get("copy_staging")) as copy:
             for ord_, r in enumerate(rows):
@@ -72,7 +73,8 @@ async def insert_rows(conn: AsyncConnection, rows: Sequence[Row]) -> None:
                     )
                 )
         await cur.execute(queries.get("insert_from_staging"))
-        await cur.execute("DELETE FROM capture_staging")
+        if clear:
+            await cur.execute("DELETE FROM capture_staging")
 
 
 async def set_checkpoint(

@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from yarl import URL
 
 from curation.capture.row import Capture
 from curation.config import Settings
@@ -166,9 +167,10 @@ class Proxy:
             started=time.time(),
             t0=t0,
         )
-        url = self.settings.upstream_url.rstrip("/") + route.upstream_path
-        if request.query_string:
-            url += "?" + request.query_string
+        url = URL(
+            self.settings.upstream_url.rstrip("/") + upstream_raw_path(request.raw_path),
+            encoded=True,
+        )
         assert self.session is not None
         call.t_up = time.perf_counter()
         try:
@@ -358,6 +360,14 @@ class Proxy:
     async def on_cleanup(self, app: web.Application) -> None:
         if self.session is not None:
             await self.session.close()
+
+
+def upstream_raw_path(raw_path: str) -> str:
+    """The path and query as the client encoded them, without ``/ns/<name>``."""
+    if raw_path.startswith("/ns/"):
+        parts = raw_path.split("/", 3)
+        return "/" + (parts[3] if len(parts) > 3 else "")
+    return raw_path
 
 
 def build_app(proxy: Proxy) -> web.Application:

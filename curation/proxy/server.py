@@ -9,6 +9,7 @@ streams finish, then flush the spool to PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 
@@ -87,6 +88,7 @@ async def _run(proxy: Proxy, host: str, port: int) -> None:
         raise InvalidInput(
             f"cannot listen on {host}:{port}: {exc.strerror}; choose another --listen"
         ) from exc
+    gc.freeze()  # start-up objects never need collecting: keeps GC pauses short
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

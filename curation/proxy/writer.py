@@ -26,9 +26,10 @@ from curation.proxy.spool import Frame, Position, Spool
 
 log = logging.getLogger("curation.writer")
 
-BATCH_FRAMES = 500
+BATCH_FRAMES = 1000
 BATCH_BYTES = 16 << 20
 SLICE = 16
+LINGER = 0.05  # group commit: after a wake-up, let a batch fill for this long
 # A failure on a connection that is still healthy is the data's fault (retry
 # row by row); one that broke the connection means PostgreSQL is away (retry later).
 ConnectionErrors = (psycopg.OperationalError, psycopg.InterfaceError, OSError)
@@ -48,6 +49,7 @@ class Writer:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._backoff = 0.1
+        self._fresh_connection = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="curation-writer")
@@ -84,7 +86,7 @@ class Writer:
                 if self._stopping:
                     return
                 continue
-            frames = self.spool.read(BATCH_FRAMES, BATCH_BYTES)
+            frames = await self._read_batch()
             end = self.spool.read_position
             if not frames and end == self._committed:
                 if self._stopping:
@@ -92,6 +94,8 @@ class Writer:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), 0.5)
+                if not self._stopping:
+                    await asyncio.sleep(LINGER)
                 continue
             rows = await self._build(frames)
             if not await self.commit(rows, end):
@@ -99,6 +103,17 @@ class Writer:
             self._committed = end
             self.committed_frames += len(frames)
             self.spool.release(end)
+
+    async def _read_batch(self) -> list[Frame]:
+        """Up to a batch of frames, read in slices so requests are never held up for long."""
+        frames: list[Frame] = []
+        while len(frames) < BATCH_FRAMES:
+            got = self.spool.read(SLICE, BATCH_BYTES)
+            frames += got
+            if len(got) < SLICE:
+                break
+            await asyncio.sleep(0)
+        return frames
 
     async def _connect(self) -> bool:
         try:
@@ -110,6 +125,7 @@ class Writer:
             await self._sleep()
             return False
         self._conn = conn
+        self._fresh_connection = True
         if checkpoint:
             self.spool.seek(Position(*checkpoint))
             self._committed = max(self._committed, Position(*checkpoint))
@@ -139,9 +155,11 @@ class Writer:
                 await self._connect()
                 continue
             try:
-                checkpoint = await db.checkpoint(conn, self.spool.id)
-                if checkpoint and Position(*checkpoint) >= end:
-                    return True  # committed before the connection broke
+                if self._fresh_connection:  # a commit whose ack was lost shows here
+                    checkpoint = await db.checkpoint(conn, self.spool.id)
+                    self._fresh_connection = False
+                    if checkpoint and Position(*checkpoint) >= end:
+                        return True
                 try:
                     await self._write(conn, rows, end)
                 except psycopg.Error:
@@ -178,7 +196,7 @@ class Writer:
             for r in rows:
                 try:
                     async with conn.transaction():
-                        await db.insert_rows(conn, [r])
+                        await db.insert_rows(conn, [r], clear=True)
                 except psycopg.Error as exc:
                     if conn.broken or conn.closed:
                         raise

@@ -1,0 +1,1 @@
+"""The export path: included rows -> validated, token-counted training files."""
