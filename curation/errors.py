@@ -5,8 +5,10 @@
      +-- NotFound                 unknown namespace, row or job (exit 3)
      +-- DatabaseUnavailable      cannot connect (exit 4)
      +-- SchemaOutdated           migrations pending (exit 5)
-     +-- UpstreamError            the model provider failed or refused (exit 6)
-     +-- Conflict                 the state forbids it: busy lock, wrong state (exit 7)
+     |    +-- TooFewExamples      a dataset OpenAI would refuse (exit 11)
+     +-- UpstreamError            the model provider failed or refused, a job failed (exit 12)
+     +-- Conflict                 the state forbids it: wrong state (exit 7)
+          +-- Busy                another run holds the namespace's lock (exit 13)
 
 Each boundary (database, HTTP, SDK) translates what it catches into one of
 these; the CLI prints the message and exits with ``exit_code``. Anything
@@ -41,9 +43,20 @@ class SchemaOutdated(CurationError):
     exit_code = 5
 
 
+class TooFewExamples(InvalidInput):
+    exit_code = 11
+
+
 class UpstreamError(CurationError):
-    exit_code = 6
+    exit_code = 12
 
 
 class Conflict(CurationError):
     exit_code = 7
+
+
+class Busy(Conflict):
+    exit_code = 13
+
+
+NOTHING_NEW = 10  # exit code of `retrain` when the dataset equals the last job's

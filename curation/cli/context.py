@@ -42,10 +42,10 @@ class AppContext:
             migrate.check_current(conn)
 
     @contextmanager
-    def db(self) -> Iterator[connect.Connection]:
-        """A transaction on a migrated database."""
+    def db(self, *, autocommit: bool = False) -> Iterator[connect.Connection]:
+        """A transaction on a migrated database (autocommit: each statement commits)."""
         self.ensure_schema()
-        with connect.connection(self.url()) as conn:
+        with connect.connection(self.url(), autocommit=autocommit) as conn:
             yield conn
 
 

@@ -42,7 +42,9 @@ def base_model(name: str) -> str:
 
 @functools.cache
 def _registry(path: Path | None) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(resources.files("curation.data").joinpath("models.json").read_text())
+    data: dict[str, Any] = json.loads(
+        resources.files("curation.data").joinpath("models.json").read_text()
+    )
     if path is not None:
         try:
             extra = json.loads(path.read_text())

@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from curation.cli.context import AppContext, pass_app
+from curation.cli.output import dumps, json_option
+from curation.db import export as db_export
+from curation.db import namespaces
+from curation.export.run import ExportRequest, ExportResult, export
+
+
+def export_options(func: Any) -> Any:
+    """Options shared by `export`, `finetune submit` and `retrain`."""
+    options = [
+        click.option(
+            "--model", "base_model", help="Base model (default: the namespace's base_model)."
+        ),
+        click.option(
+            "--system-prompt",
+            help="Short training system prompt (default: the namespace's; '' for none).",
+        ),
+        click.option(
+            "--validation-fraction",
+            type=float,
+            default=0.1,
+            show_default=True,
+            help="Share of rows (by prompt hash) held out for validation.",
+        ),
+        click.option(
+            "--since", type=click.DateTime(), help="Only rows included at or after this time."
+        ),
+        click.option("--tag", help="Only rows with this tag, as key=value."),
+        click.option("--epochs", type=click.IntRange(1, 50), help="Epochs (default: the model's)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def build_request(
+    app: AppContext,
+    conn: Any,
+    namespace: str,
+    out: Path,
+    options: dict[str, Any],
+    fmt: str = "chat",
+    ids: tuple[int, ...] = (),
+) -> ExportRequest:
+    ns = namespaces.get(conn, namespace)
+    base = options.get("base_model") or ns.base_model
+    if not base:
+        raise click.UsageError(
+            f"no base model: pass --model, or set one: curation ns set {namespace} --base-model M"
+        )
+    prompt = options.get("system_prompt")
+    tag_key = tag_value = None
+    if options.get("tag"):
+        tag_key, _, tag_value = options["tag"].partition("=")
+    since: datetime | None = options.get("since")
+    return ExportRequest(
+        namespace=namespace,
+        out_dir=out,
+        base_model=base,
+        system_prompt=ns.training_system_prompt if prompt is None else (prompt or None),
+        validation_fraction=options.get("validation_fraction", 0.1),
+        format=fmt,
+        filters=db_export.Filters(
+            since=since, ids=ids or None, tag_key=tag_key, tag_value=tag_value
+        ),
+        epochs=options.get("epochs"),
+        models_file=app.settings().models_file,
+    )
+
+
+def run_export(conn: Any, request: ExportRequest, quiet: bool) -> ExportResult:
+    if quiet or not sys.stderr.isatty():
+        return export(conn, request)
+    total = db_export.count_rows(conn, request.namespace, request.filters)
+    with click.progressbar(length=total, label="exporting", file=sys.stderr) as bar:
+        return export(conn, request, on_row=bar.update)
+
+
+def summary(result: ExportResult) -> list[str]:
+    m = result.manifest
+    lines = [
+        f"wrote {m['counts']['train']} training and {m['counts']['validation']} validation examples "
+        f"({m['tokens']['train'] + m['tokens']['validation']} tokens) to {result.train_path.parent}",
+        f"dataset {result.dataset_id}, sha256 {m['sha256'][:16]}…, est. training cost "
+        f"${m['estimated_training_cost_usd']:.2f} for {m['epochs']} epochs of {m['base_model']}",
+    ]
+    lines += [f"skipped row {s['id']}: {s['reason']}" for s in m["skipped"]]
+    lines += [f"warning: {w}" for w in m["warnings"]]
+    return lines
+
+
+@click.command("export")
+@click.argument("namespace")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Folder for the files.",
+)
+@export_options
+@click.option("--ids", help="Only these row ids, comma-separated.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["chat", "dpo"]), default="chat", show_default=True
+)
+@json_option
+@pass_app
+def export_command(
+    app: AppContext,
+    /,
+    namespace: str,
+    out: Path,
+    ids: str | None,
+    fmt: str,
+    as_json: bool,
+    **options: Any,
+) -> None:
+    """Write NAMESPACE's included rows as train/validation JSONL and a manifest."""
+    try:
+        id_list = tuple(int(i) for i in ids.split(",")) if ids else ()
+    except ValueError as exc:
+        raise click.BadParameter("--ids takes comma-separated integers") from exc
+    with app.db() as conn:
+        result = run_export(
+            conn, build_request(app, conn, namespace, out, options, fmt, id_list), as_json
+        )
+    if as_json:
+        click.echo(dumps({**result.manifest, "train_path": str(result.train_path)}))
+        return
+    for line in summary(result):
+        click.echo(line)
+
+
+COMMANDS = [export_command]

@@ -1,0 +1,294 @@
+"""Export a namespace's curated rows as training files plus a manifest.
+
+Rows stream from a server-side cursor; each becomes an example (short
+system prompt, conversation, curated answer), is validated and counted, and
+goes to train or validation by its prompt's hash. Files are written under
+temporary names and renamed, so a crash never leaves half a file; the
+dataset and its exact row versions are recorded in the same transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from array import array
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+from curation.db import export as db
+from curation.db.connect import Connection
+from curation.errors import InvalidInput
+from curation.export import examples, models, split, tokens, validate
+
+MIN_EXAMPLES = 10  # OpenAI refuses fewer
+WARN_EXAMPLES = 50  # fewer rarely helps
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    namespace: str
+    out_dir: Path
+    base_model: str
+    system_prompt: str | None
+    validation_fraction: float = 0.1
+    format: str = "chat"
+    filters: db.Filters = field(default_factory=db.Filters)
+    epochs: int | None = None
+    models_file: Path | None = None
+
+
+@dataclass
+class _Split:
+    name: str
+    path: Path
+    tmp: Path
+    file: BinaryIO
+    sha: Any = field(default_factory=hashlib.sha256)
+    examples: int = 0
+    tokens: int = 0
+    ids: array[int] = field(default_factory=lambda: array("q"))
+    versions: array[int] = field(default_factory=lambda: array("q"))
+    counts: array[int] = field(default_factory=lambda: array("q"))
+
+    def add(self, line: bytes, row_id: int, version: int, n_tokens: int) -> None:
+        self.file.write(line)
+        self.sha.update(line)
+        self.examples += 1
+        self.tokens += n_tokens
+        self.ids.append(row_id)
+        self.versions.append(version)
+        self.counts.append(n_tokens)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    manifest: dict[str, Any]
+    dataset_id: int
+    train_path: Path
+    validation_path: Path | None
+
+    @property
+    def examples(self) -> int:
+        return int(self.manifest["counts"]["examples"])
+
+    @property
+    def sha256(self) -> str:
+        return str(self.manifest["sha256"])
+
+
+def export(
+    conn: Connection, req: ExportRequest, on_row: Callable[[int], None] | None = None
+) -> ExportResult:
+    if req.format not in ("chat", "dpo"):
+        raise InvalidInput(f"unknown format {req.format!r}: use chat or dpo")
+    if not 0 <= req.validation_fraction < 1:
+        raise InvalidInput(
+            f"--validation-fraction {req.validation_fraction} must be from 0 to below 1"
+        )
+    info = models.lookup(req.base_model, req.models_file)
+    try:
+        req.out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInput(f"cannot write to {req.out_dir}: {exc.strerror}") from exc
+    train, valid = (_open_split(req.out_dir, name) for name in ("train", "validation"))
+    skipped: list[dict[str, Any]] = []
+    seen = longest = 0
+    try:
+        for row in db.iter_rows(conn, req.namespace, req.filters):
+            seen += 1
+            if on_row and seen % 1000 == 0:
+                on_row(1000)
+            try:
+                source, example = _example(row, req)
+                n = tokens.count_example(_countable(example), info.encoding)
+                if n > info.max_example_tokens:
+                    raise examples.Skip(
+                        f"too_long: {n} tokens, over {info.name}'s limit of {info.max_example_tokens}"
+                    )
+            except (examples.Skip, validate.Invalid, ValueError, KeyError, TypeError) as exc:
+                skipped.append({"id": row[0], "reason": str(exc)})
+                continue
+            longest = max(longest, n)
+            target = (
+                valid if split.is_validation(source.user_prompt, req.validation_fraction) else train
+            )
+            target.add(orjson.dumps(example) + b"\n", source.id, source.version, n)
+        if on_row:
+            on_row(seen % 1000)
+    except BaseException:
+        for s in (train, valid):
+            s.file.close()
+            s.tmp.unlink(missing_ok=True)
+        raise
+    manifest = _manifest(req, info, train, valid, skipped, seen, longest)
+    existing = db.find_dataset(conn, req.namespace, manifest["sha256"], info.name, req.format)
+    dataset_id = (
+        existing
+        if existing is not None
+        else db.record_dataset(
+            conn,
+            _dataset_fields(req, info, manifest, train, valid, skipped),
+            _lineage(train, valid),
+        )
+    )
+    manifest["dataset_id"] = dataset_id
+    _finish(train, valid, manifest, req.out_dir)
+    return ExportResult(manifest, dataset_id, train.path, valid.path if valid.examples else None)
+
+
+def _example(row: tuple[Any, ...], req: ExportRequest) -> tuple[examples.SourceRow, dict[str, Any]]:
+    row_id, version, user_prompt, request, response, corrected = row
+    source = examples.SourceRow(
+        id=row_id,
+        version=version,
+        user_prompt=user_prompt,
+        request=orjson.loads(request),
+        response=orjson.loads(response),
+        corrected_response=orjson.loads(corrected) if corrected else None,
+    )
+    if req.format == "dpo":
+        pair = examples.preference_pair(source, req.system_prompt)
+        validate.check_preference(pair)
+        return source, pair
+    example = examples.chat_example(source, req.system_prompt)
+    validate.check_chat(example)
+    return source, example
+
+
+def _countable(example: dict[str, Any]) -> dict[str, Any]:
+    if "input" not in example:
+        return example
+    messages = (
+        example["input"]["messages"] + example["preferred_output"] + example["non_preferred_output"]
+    )
+    return {"messages": messages, "tools": example["input"].get("tools")}
+
+
+def _open_split(out_dir: Path, name: str) -> _Split:
+    path = out_dir / f"{name}.jsonl"
+    tmp = out_dir / f".{name}.jsonl.{os.getpid()}.tmp"
+    return _Split(name=name, path=path, tmp=tmp, file=open(tmp, "wb"))
+
+
+def _manifest(
+    req: ExportRequest,
+    info: models.ModelInfo,
+    train: _Split,
+    valid: _Split,
+    skipped: list[dict[str, Any]],
+    seen: int,
+    longest: int,
+) -> dict[str, Any]:
+    train_sha = train.sha.hexdigest()
+    valid_sha = valid.sha.hexdigest() if valid.examples else None
+    epochs = req.epochs or info.default_epochs
+    total = train.examples + valid.examples
+    warnings = []
+    if train.examples < MIN_EXAMPLES:
+        warnings.append(
+            f"only {train.examples} training examples: fine-tuning needs at least {MIN_EXAMPLES}; "
+            f"include {MIN_EXAMPLES - train.examples} more"
+        )
+    elif train.examples < WARN_EXAMPLES:
+        warnings.append(f"{train.examples} training examples: 50-100 good ones usually help more")
+    return {
+        "namespace": req.namespace,
+        "format": req.format,
+        "base_model": info.name,
+        "encoding": info.encoding,
+        "system_prompt": req.system_prompt,
+        "created_at": datetime.now(UTC).isoformat(),
+        "sha256": hashlib.sha256(f"{train_sha}:{valid_sha or ''}".encode()).hexdigest(),
+        "files": {
+            "train": {
+                "path": train.path.name,
+                "sha256": train_sha,
+                "examples": train.examples,
+                "tokens": train.tokens,
+            },
+            "validation": {
+                "path": valid.path.name,
+                "sha256": valid_sha,
+                "examples": valid.examples,
+                "tokens": valid.tokens,
+            }
+            if valid.examples
+            else None,
+        },
+        "counts": {
+            "rows": seen,
+            "examples": total,
+            "train": train.examples,
+            "validation": valid.examples,
+            "skipped": len(skipped),
+        },
+        "tokens": {
+            "train": train.tokens,
+            "validation": valid.tokens,
+            "longest_example": longest,
+            "limit_per_example": info.max_example_tokens,
+        },
+        "epochs": epochs,
+        "estimated_training_cost_usd": round(train.tokens * epochs * info.training_per_1m / 1e6, 4),
+        "validation_fraction": req.validation_fraction,
+        "min_examples": MIN_EXAMPLES,
+        "ready_to_submit": train.examples >= MIN_EXAMPLES,
+        "warnings": warnings,
+        "skipped": skipped,
+    }
+
+
+def _dataset_fields(
+    req: ExportRequest,
+    info: models.ModelInfo,
+    manifest: dict[str, Any],
+    train: _Split,
+    valid: _Split,
+    skipped: list[dict[str, Any]],
+) -> dict[str, Any]:
+    return {
+        "namespace": req.namespace,
+        "format": req.format,
+        "base_model": info.name,
+        "system_prompt": req.system_prompt,
+        "sha256": manifest["sha256"],
+        "train_sha256": manifest["files"]["train"]["sha256"],
+        "validation_sha256": manifest["files"]["validation"]["sha256"] if valid.examples else None,
+        "train_examples": train.examples,
+        "validation_examples": valid.examples,
+        "train_tokens": train.tokens,
+        "validation_tokens": valid.tokens,
+        "skipped": len(skipped),
+        "manifest": manifest,
+    }
+
+
+def _lineage(*splits: _Split) -> Iterator[tuple[int, int, str, int]]:
+    for s in splits:
+        for i in range(s.examples):
+            yield s.ids[i], s.versions[i], s.name, s.counts[i]
+
+
+def _finish(train: _Split, valid: _Split, manifest: dict[str, Any], out_dir: Path) -> None:
+    """Close, then rename: readers see whole files or none."""
+    for s in (train, valid):
+        s.file.flush()
+        os.fsync(s.file.fileno())
+        s.file.close()
+    os.replace(train.tmp, train.path)
+    if valid.examples:
+        os.replace(valid.tmp, valid.path)
+    else:
+        valid.tmp.unlink()
+        valid.path.unlink(missing_ok=True)  # an older export's file must not linger
+    rows = {
+        s.name: {"ids": s.ids.tolist(), "versions": s.versions.tolist()} for s in (train, valid)
+    }
+    tmp = out_dir / f".manifest.json.{os.getpid()}.tmp"
+    tmp.write_bytes(orjson.dumps({**manifest, "rows": rows}, option=orjson.OPT_INDENT_2))
+    os.replace(tmp, out_dir / "manifest.json")

@@ -1,0 +1,1 @@
+"""The job path: upload training files, run fine-tuning jobs, retrain nightly."""

@@ -1,0 +1,69 @@
+"""The nightly job: export, and submit only when the data changed.
+
+Safe under cron: a PostgreSQL advisory lock per namespace keeps two runs
+apart (the second exits with code 13), and a dataset whose sha256 equals the
+last submitted job's submits nothing (exit 10).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from curation.db import jobs
+from curation.db.connect import Connection
+from curation.errors import Busy
+from curation.export.run import ExportRequest, ExportResult, export
+from curation.jobs import finetune
+from curation.jobs.provider import Provider
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: str  # submitted | nothing_new
+    job: dict[str, Any] | None
+    export: ExportResult
+    previous: dict[str, Any] | None = None
+
+
+def export_into(conn: Connection, request: ExportRequest, exports_dir: Path) -> ExportResult:
+    """Export into ``exports_dir/<namespace>/<sha256[:16]>``: one folder per distinct dataset."""
+    base = exports_dir / request.namespace
+    base.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".export-", dir=base))
+    try:
+        with conn.transaction():
+            result = export(conn, replace(request, out_dir=scratch))
+        final = base / result.sha256[:16]
+        if final.exists():
+            shutil.rmtree(final)
+        scratch.rename(final)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    validation = final / result.validation_path.name if result.validation_path else None
+    return replace(result, train_path=final / result.train_path.name, validation_path=validation)
+
+
+def retrain(
+    conn: Connection,
+    provider: Provider,
+    request: ExportRequest,
+    opts: finetune.SubmitOptions,
+    exports_dir: Path,
+) -> Outcome:
+    if not jobs.try_lock(conn, request.namespace):
+        raise Busy(f"another retrain of {request.namespace} is running; this one did nothing")
+    result = export_into(conn, request, exports_dir)
+    last = jobs.last_submitted(conn, request.namespace)
+    if (
+        last is not None
+        and last["dataset_sha256"] == result.sha256
+        and last["base_model"] == result.manifest["base_model"]
+        and last["method"] == opts.method
+    ):
+        return Outcome("nothing_new", None, result, last)
+    job = finetune.submit(conn, provider, result, opts)
+    return Outcome("submitted", job, result, last)

@@ -1,0 +1,75 @@
+"""Rows as the proxy records them, written straight into a test database."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any
+
+import psycopg
+
+_n = itertools.count(1)
+LONG_PROMPT = "You are the production locations extractor. " * 30
+
+
+def completion(
+    content: str | None = None, tool_calls: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return {
+        "id": f"chatcmpl-{next(_n)}",
+        "object": "chat.completion",
+        "model": "gpt-4o-2024-08-06",
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": "tool_calls" if tool_calls else "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110},
+    }
+
+
+def add_row(
+    conn: psycopg.Connection[Any],
+    namespace: str,
+    prompt: str,
+    answer: str | None = "ok",
+    *,
+    included: bool = True,
+    excluded: bool = False,
+    corrected: Any = None,
+    tools: list[Any] | None = None,
+    tool_calls: list[Any] | None = None,
+    tags: dict[str, str] | None = None,
+    messages: list[dict[str, Any]] | None = None,
+) -> int:
+    conn.execute("SELECT curation_create_namespace(%s)", [namespace])
+    request: dict[str, Any] = {
+        "model": "gpt-4o",
+        "messages": messages
+        or [{"role": "system", "content": LONG_PROMPT}, {"role": "user", "content": prompt}],
+    }
+    if tools:
+        request["tools"] = tools
+        request["parallel_tool_calls"] = False
+    row = conn.execute(
+        f"INSERT INTO {namespace}_openai_chat_completion (namespace, user_prompt, request, response, system_prompt,"
+        " included, excluded, corrected_response, tags) VALUES (%s, %s, %s, %s, %s, CASE WHEN %s THEN now() END,"
+        " CASE WHEN %s THEN now() END, %s, %s) RETURNING id",
+        [
+            namespace,
+            prompt,
+            json.dumps(request),
+            json.dumps(completion(answer, tool_calls)),
+            LONG_PROMPT,
+            included,
+            excluded,
+            json.dumps(corrected) if corrected is not None else None,
+            json.dumps(tags or {}),
+        ],
+    ).fetchone()
+    return int(row["id"] if isinstance(row, dict) else row[0])  # type: ignore[index]
