@@ -155,9 +155,12 @@ def test_split_is_stable_as_data_grows(db_url: str, conn: Conn, tmp_path: Path) 
         add_row(conn, "locations", f"Prompt number {i}")
     with connection(db_url) as c:
         second = do_export(c, tmp_path / "b", validation_fraction=0.2)
-    rows = lambda d, s: set(
-        json.loads((tmp_path / d / "manifest.json").read_text())["rows"][s]["ids"]
-    )  # noqa: E731
+
+    def rows(folder: str, which: str) -> set[int]:
+        return set(
+            json.loads((tmp_path / folder / "manifest.json").read_text())["rows"][which]["ids"]
+        )
+
     assert rows("a", "validation") <= rows("b", "validation")
     assert rows("a", "train") <= rows("b", "train")
     assert 20 <= len(rows("a", "validation")) <= 60  # about 20% of 200
