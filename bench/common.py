@@ -14,6 +14,10 @@ sys.path.insert(0, str(ROOT))
 
 from tests import pg  # noqa: E402
 
+SHARED_TIKTOKEN = ROOT.parent / "shared" / "tiktoken"
+if SHARED_TIKTOKEN.is_dir():
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED_TIKTOKEN))
+
 
 @contextmanager
 def scratch_database() -> Iterator[str]:

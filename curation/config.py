@@ -47,6 +47,8 @@ class Settings:
     access_log: bool = False
     log_level: str = "INFO"
     models_file: Path | None = None
+    curator: str = "unknown"
+    editor: str | None = None
 
     @property
     def effective_spool_dir(self) -> Path:
@@ -91,6 +93,10 @@ ENV: dict[str, tuple[str, Any]] = {
     "CURATION_ACCESS_LOG": ("access_log", "bool"),
     "CURATION_LOG_LEVEL": ("log_level", str),
     "CURATION_MODELS_FILE": ("models_file", Path),
+    "USER": ("curator", str),
+    "CURATION_CURATOR": ("curator", str),
+    "EDITOR": ("editor", str),
+    "VISUAL": ("editor", str),
 }
 
 

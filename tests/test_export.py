@@ -250,3 +250,41 @@ def test_cli_export_json_and_errors(db_url: str, conn: Conn, tmp_path: Path) -> 
     assert no_model.exit_code == 2 and "--base-model" in no_model.stderr
     missing = run(db_url, "export", "nope", "--out", str(tmp_path), "--model", "gpt-4o-mini")
     assert missing.exit_code == 3
+
+
+def test_missing_tiktoken_files_is_one_line(db_url: str, conn: Conn, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.harness import ROOT
+
+    add_row(conn, "locations", "x")
+    env = {
+        **os.environ,
+        "TIKTOKEN_CACHE_DIR": str(tmp_path / "empty"),
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "curation",
+            "--database-url",
+            db_url,
+            "export",
+            "locations",
+            "--out",
+            str(tmp_path / "out"),
+            "--model",
+            "gpt-4o-mini",
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().count("\n") == 0, done.stderr
+    assert "TIKTOKEN_CACHE_DIR" in done.stderr

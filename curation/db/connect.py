@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
 from curation.config import Settings, mask_url
 from curation.db import embedded
-from curation.errors import DatabaseUnavailable
+from curation.errors import DatabaseUnavailable, NotFound
 
-Connection = psycopg.Connection[dict[str, object]]
+Connection = psycopg.Connection[dict[str, Any]]
 
 
 def database_url(settings: Settings) -> str:
@@ -46,5 +48,17 @@ def connection(url: str, *, autocommit: bool = False) -> Iterator[Connection]:
     try:
         with conn:
             yield conn
+    except psycopg.errors.UndefinedTable as exc:
+        raise unknown_namespace(exc) or exc from exc
     except psycopg.OperationalError as exc:
         raise unavailable(url, exc) from exc
+
+
+def unknown_namespace(exc: psycopg.errors.UndefinedTable) -> NotFound | None:
+    """A query on <ns>_openai_chat_completion for a namespace that does not exist."""
+    found = re.search(
+        r'relation "([a-z][a-z0-9_]*)_openai_chat_completion" does not exist', str(exc)
+    )
+    if found is None:
+        return None
+    return NotFound(f"unknown namespace {found.group(1)!r}; see: curation ns list")

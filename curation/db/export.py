@@ -35,7 +35,7 @@ def count_rows(conn: Connection, namespace: str, filters: Filters) -> int:
     row = conn.execute(
         queries.for_namespace("count_export_rows", namespace), filters.params()
     ).fetchone()
-    return int(row["n"]) if row else 0  # type: ignore[call-overload]
+    return int(row["n"]) if row else 0
 
 
 def iter_rows(conn: Connection, namespace: str, filters: Filters) -> Iterator[tuple[Any, ...]]:
@@ -65,7 +65,7 @@ def find_dataset(
             "format": fmt,
         },
     ).fetchone()
-    return int(row["id"]) if row else None  # type: ignore[call-overload]
+    return int(row["id"]) if row else None
 
 
 def record_dataset(
@@ -76,7 +76,7 @@ def record_dataset(
         queries.get("insert_dataset"), {**fields, "manifest": Jsonb(fields["manifest"])}
     ).fetchone()
     assert row is not None
-    dataset_id: int = row["id"]  # type: ignore[assignment]
+    dataset_id: int = row["id"]
     with conn.cursor() as cur, cur.copy(queries.get("copy_dataset_rows")) as copy:
         for row_id, version, split, tokens in lineage:
             copy.write_row((dataset_id, fields["namespace"], row_id, version, split, tokens))

@@ -66,7 +66,7 @@ def get(conn: Connection, name: str) -> Namespace:
 def counts(conn: Connection, name: str) -> dict[str, int]:
     row = conn.execute(queries.get("namespace_counts"), {"name": name}).fetchone()
     keys = ("rows", "calls", "included", "excluded", "pending")
-    return {k: int(row[k]) if row else 0 for k in keys}  # type: ignore[call-overload]
+    return {k: int(row[k]) if row else 0 for k in keys}
 
 
 _UNSET: Any = object()

@@ -50,9 +50,9 @@ def _check_message(i: int, message: Any) -> None:
         k in message for k in ("content", "tool_calls", "function_call")
     ):
         raise Invalid("message_missing_key", f"message {i} needs a role and content")
-    extra = set(message) - MESSAGE_KEYS
-    if extra:
-        raise Invalid("message_unrecognized_key", f"message {i} has {', '.join(sorted(extra))}")
+    if not message.keys() <= MESSAGE_KEYS:
+        extra = sorted(set(message) - MESSAGE_KEYS)
+        raise Invalid("message_unrecognized_key", f"message {i} has {', '.join(extra)}")
     role = message["role"]
     if role not in ROLES:
         raise Invalid("unrecognized_role", f"message {i} has role {role!r}")

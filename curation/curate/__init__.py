@@ -1,0 +1,1 @@
+"""The curation path: list, decide, correct, audit, purge."""

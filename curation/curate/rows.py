@@ -1,0 +1,174 @@
+"""Curating rows: plain functions over a connection, one transaction each.
+
+Every change names its curator (``curation.curator`` for the transaction), so
+the audit trigger records who did it; psql changes are recorded as the
+database user.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from curation.db import queries
+from curation.db.connect import Connection
+from curation.errors import Conflict, InvalidInput, NotFound
+
+STATES = ("included", "excluded", "pending")
+VERB = {"included": "include", "excluded": "exclude", "pending": "reset"}
+
+
+@dataclass(frozen=True)
+class ListFilter:
+    state: str | None = None
+    search: str | None = None
+    since: datetime | None = None
+    limit: int = 50
+    sort: str = "recent"
+
+
+def as_curator(conn: Connection, curator: str) -> None:
+    conn.execute(queries.get("set_curator"), {"curator": curator})
+
+
+def list_rows(conn: Connection, namespace: str, f: ListFilter) -> list[dict[str, Any]]:
+    return conn.execute(
+        queries.for_namespace("list_rows", namespace),
+        {
+            "state": f.state,
+            "search": f.search,
+            "since": f.since,
+            "limit": f.limit,
+            "sort": f.sort,
+        },
+    ).fetchall()
+
+
+def get_row(conn: Connection, namespace: str, row_id: int) -> dict[str, Any]:
+    row = conn.execute(queries.for_namespace("get_row", namespace), {"id": row_id}).fetchone()
+    if row is None:
+        raise NotFound(f"no row {row_id} in {namespace}; see: curation list {namespace}")
+    return row
+
+
+def matching(conn: Connection, namespace: str, search: str) -> list[int]:
+    return [
+        int(r["id"])
+        for r in conn.execute(queries.for_namespace("ids_matching", namespace), {"search": search})
+    ]
+
+
+def set_state(
+    conn: Connection,
+    namespace: str,
+    ids: Sequence[int],
+    state: str,
+    *,
+    curator: str,
+    note: str | None = None,
+    strict: bool = True,
+) -> list[int]:
+    """Move rows to ``state`` (all or none); returns the ids changed.
+
+    ``strict``: a row already in that state is an error; otherwise it is left out.
+    """
+    if state not in STATES:
+        raise InvalidInput(f"unknown state {state!r}")
+    as_curator(conn, curator)
+    found = {
+        int(r["id"]): r["state"]
+        for r in conn.execute(queries.for_namespace("row_states", namespace), {"ids": list(ids)})
+    }
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise NotFound(f"no row {', '.join(map(str, missing))} in {namespace}; nothing changed")
+    already = [i for i in ids if found[i] == state]
+    if already and strict:
+        raise Conflict(
+            f"row {', '.join(map(str, already))} is already {state}; nothing changed "
+            f"(curation {VERB['pending']} {namespace} ID to undo a decision)"
+        )
+    todo = [i for i in ids if found[i] != state]
+    if todo:
+        conn.execute(
+            queries.for_namespace("set_state", namespace),
+            {"ids": todo, "state": state, "note": note},
+        )
+    return todo
+
+
+def set_correction(
+    conn: Connection, namespace: str, row_id: int, message: dict[str, Any], *, curator: str
+) -> None:
+    as_curator(conn, curator)
+    conn.execute(
+        queries.for_namespace("set_correction", namespace),
+        {"id": row_id, "correction": json.dumps(message)},
+    )
+
+
+def history(conn: Connection, namespace: str, row_id: int) -> list[dict[str, Any]]:
+    return conn.execute(queries.get("history"), {"namespace": namespace, "id": row_id}).fetchall()
+
+
+_AGE = re.compile(r"^(\d+)\s*(d|h|w|days?|hours?|weeks?)$")
+
+
+def parse_age(text: str) -> str:
+    """'90d' -> '90 days' (a PostgreSQL interval)."""
+    m = _AGE.match(text.strip().lower())
+    if not m:
+        raise InvalidInput(
+            f"--older-than {text!r}: use a number of days, hours or weeks, e.g. 90d, 12h, 4w"
+        )
+    unit = {"d": "days", "h": "hours", "w": "weeks"}[m.group(2)[0]]
+    return f"{m.group(1)} {unit}"
+
+
+def purge(
+    conn: Connection,
+    namespace: str,
+    older_than: str,
+    *,
+    curator: str,
+    include_excluded: bool = False,
+    force: bool = False,
+    batch: int = 5000,
+) -> int:
+    """Delete old never-included rows in batches, each its own short transaction
+    (audited by the delete trigger); ``conn`` must be autocommit."""
+    age = parse_age(older_than)
+    total = 0
+    while True:
+        with conn.transaction():
+            as_curator(conn, curator)
+            cur = conn.execute(
+                queries.for_namespace("purge_batch", namespace),
+                {
+                    "older_than": age,
+                    "include_excluded": include_excluded,
+                    "force": force,
+                    "batch": batch,
+                },
+            )
+            deleted = cur.rowcount
+        total += deleted
+        if deleted < batch:
+            return total
+
+
+def next_pending(conn: Connection, namespace: str, skip: Sequence[int]) -> dict[str, Any] | None:
+    """Lock and return the next row to review (call inside a transaction)."""
+    return conn.execute(
+        queries.for_namespace("next_pending", namespace), {"skip": list(skip)}
+    ).fetchone()
+
+
+def progress(conn: Connection, namespace: str) -> tuple[int, int]:
+    row = conn.execute(queries.for_namespace("review_progress", namespace)).fetchone()
+    assert row is not None
+    return int(row["reviewed"]), int(row["total"])
