@@ -176,3 +176,20 @@ def test_psql_snippet_creates_a_namespace(db_url: str) -> None:
     with connection(db_url) as conn:
         found = namespaces.get(conn, "locations")
     assert found.training_system_prompt == "Find locations."
+
+
+def test_triggers_work_after_each_downgrade(empty_db_url: str) -> None:
+    """A downgrade must leave working triggers: update a row after each step down."""
+    revisions = [s.revision for s in migrate._script().walk_revisions()]  # newest first
+    migrate.upgrade(empty_db_url)
+    make_namespace(empty_db_url)
+    with psycopg.connect(empty_db_url, autocommit=True) as c:
+        c.execute(
+            "INSERT INTO locations_openai_chat_completion (namespace, user_prompt, response) VALUES ('locations', 'x', '{}')"
+        )
+    for target in revisions[1:]:
+        migrate.downgrade(empty_db_url, target)
+        with psycopg.connect(empty_db_url, autocommit=True) as c:
+            c.execute(
+                "UPDATE locations_openai_chat_completion SET included = now(), note = %s", [target]
+            )

@@ -92,9 +92,10 @@ CREATE TRIGGER audit_delete AFTER DELETE ON openai_chat_completion
 DO $$
 BEGIN
     CREATE ROLE curation_curator NOLOGIN;
-EXCEPTION WHEN duplicate_object THEN NULL;  -- roles are per cluster: another database made it
+    COMMENT ON ROLE curation_curator IS 'Grant to people who curate: read the namespace tables, change only curation columns.';
+-- roles belong to the cluster: another database may have made it, or be making it right now
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
 END $$;
-COMMENT ON ROLE curation_curator IS 'Grant to people who curate: read the namespace tables, change only curation columns.';
 GRANT USAGE ON SCHEMA public TO curation_curator;
 GRANT SELECT ON namespace, openai_chat_completion, dataset, dataset_row, fine_tune_job, curation_audit TO curation_curator;
 

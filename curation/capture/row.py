@@ -26,9 +26,11 @@ class Capture:
     tags_header: str | None
     request: bytes
     response: bytes
+    rewritten: bool = False
 
     def meta(self) -> dict[str, Any]:
         return {
+            "rw": self.rewritten,
             "ns": self.namespace,
             "t": self.started_at,
             "lat": self.latency_ms,
@@ -50,6 +52,7 @@ class Capture:
             tags_header=meta.get("tags"),
             request=request,
             response=response,
+            rewritten=bool(meta.get("rw", False)),
         )
 
 
@@ -68,6 +71,7 @@ class Row:
     upstream_request_id: str | None
     seen_at: datetime
     tags: str  # JSON object text
+    rewritten: bool = False
 
 
 class Unrecordable(ValueError):
@@ -141,4 +145,5 @@ def build(capture: Capture) -> Row:
         upstream_request_id=capture.request_id,
         seen_at=datetime.fromtimestamp(capture.started_at, UTC),
         tags=_json_text(tags.from_request(request, capture.tags_header)),
+        rewritten=capture.rewritten,
     )

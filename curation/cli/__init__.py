@@ -47,9 +47,27 @@ def main(ctx: click.Context, database_url: str | None, data_dir: Path | None) ->
 
 
 def _register() -> None:
-    from curation.cli import config_cmd, curate_cmd, db_cmd, export_cmd, jobs_cmd, ns_cmd, proxy_cmd
+    from curation.cli import (
+        config_cmd,
+        curate_cmd,
+        db_cmd,
+        eval_cmd,
+        export_cmd,
+        jobs_cmd,
+        ns_cmd,
+        proxy_cmd,
+    )
 
-    for module in (config_cmd, db_cmd, ns_cmd, proxy_cmd, curate_cmd, export_cmd, jobs_cmd):
+    for module in (
+        config_cmd,
+        db_cmd,
+        ns_cmd,
+        proxy_cmd,
+        curate_cmd,
+        export_cmd,
+        jobs_cmd,
+        eval_cmd,
+    ):
         for command in module.COMMANDS:
             main.add_command(command)
 

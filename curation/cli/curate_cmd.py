@@ -11,6 +11,7 @@ import click
 from curation.cli.context import AppContext, pass_app
 from curation.cli.output import dumps, emit, json_option
 from curation.curate import answers, rows, stats
+from curation.db.evals import decide_proposals
 from curation.errors import InvalidInput
 
 LIST_COLUMNS = ["id", "times_seen", "last_seen_at", "user_prompt", "answer", "state"]
@@ -93,6 +94,11 @@ def render(row: dict[str, Any], progress: str | None = None) -> str:
         lines += [
             click.style("correction:", bold=True),
             answers.pretty(answers.text(row["corrected_response"])),
+        ]
+    if row.get("proposed_response"):
+        lines += [
+            click.style(f"proposed by {row.get('proposed_by')} (a accept / r reject):", bold=True),
+            answers.pretty(answers.text(row["proposed_response"])),
         ]
     if row.get("note"):
         lines.append(f"note: {row['note']}")
@@ -215,7 +221,8 @@ def edit_command(app: AppContext, namespace: str, row_id: int, curator: str | No
 def review_command(app: AppContext, namespace: str, curator: str | None) -> None:
     """Review pending rows one by one, most seen first.
 
-    Keys: i include, e exclude, c correct (editor) and include, s skip, u undo last, q quit.
+    Keys: i include, e exclude, c correct (editor) and include, a/r accept/reject a
+    teacher's proposal, s skip, u undo last, q quit.
     Two curators can review at once: a row shown to one is never shown to the other.
     """
     name = who(app, curator)
@@ -247,6 +254,10 @@ def review_command(app: AppContext, namespace: str, curator: str | None) -> None
                     if edit_answer(app, conn, namespace, row, name):
                         rows.set_state(conn, namespace, [row["id"]], "included", curator=name)
                         last = row["id"]
+                elif key in ("a", "r") and row.get("proposed_response"):
+                    rows.as_curator(conn, name)
+                    decide_proposals(conn, namespace, [row["id"]], accept=key == "a")
+                    last = row["id"] if key == "a" else last
                 elif key == "u":
                     if last is None:
                         click.echo("nothing to undo")
@@ -257,7 +268,7 @@ def review_command(app: AppContext, namespace: str, curator: str | None) -> None
                         click.echo(f"row {last} is pending again")
                         last = None
                 else:
-                    click.echo("keys: i e c s u q")
+                    click.echo("keys: i e c a r s u q")
 
 
 @click.command("history")

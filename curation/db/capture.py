@@ -7,6 +7,7 @@ crash the replay starts exactly where the committed rows end.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,6 +58,8 @@ async def insert_rows(conn: AsyncConnection, rows: Sequence[Row], *, clear: bool
         await cur.execute("SELECT set_config('curation.source', 'proxy', true)")
         async with cur.copy(queries.get("copy_staging")) as copy:
             for ord_, r in enumerate(rows):
+                if ord_ % 32 == 31:
+                    await asyncio.sleep(0)  # let the proxy's requests run between slices
                 await copy.write_row(
                     (
                         ord_,
@@ -73,6 +76,7 @@ async def insert_rows(conn: AsyncConnection, rows: Sequence[Row], *, clear: bool
                         r.upstream_request_id,
                         r.seen_at,
                         r.tags,
+                        r.rewritten,
                     )
                 )
         await cur.execute(queries.get("insert_from_staging"))
@@ -92,3 +96,9 @@ async def set_checkpoint(
             "rows": rows,
         },
     )
+
+
+async def serving_table(conn: AsyncConnection) -> list[dict[str, Any]]:
+    """Every namespace with its serving settings (the proxy polls this)."""
+    cur = await conn.execute(queries.get("serving_table"))
+    return await cur.fetchall()

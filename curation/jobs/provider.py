@@ -6,6 +6,7 @@ error becomes an UpstreamError with the provider's own message.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,6 +47,16 @@ class Provider:
             raise UpstreamError(
                 f"{what}: cannot reach the provider at {self.base_url} ({exc.__cause__ or exc})"
             ) from exc
+
+    def chat(self, **request: Any) -> tuple[dict[str, Any], dict[str, Any], float]:
+        """One chat completion: (assistant message, usage, latency in ms)."""
+        started = time.perf_counter()
+        reply = self._call(
+            f"asking {request.get('model')}", lambda: self.client.chat.completions.create(**request)
+        )
+        latency = (time.perf_counter() - started) * 1000
+        message = reply.choices[0].message.model_dump(exclude_none=True) if reply.choices else {}
+        return message, reply.usage.model_dump() if reply.usage else {}, latency
 
     def upload(self, path: Path) -> str:
         def go() -> str:

@@ -21,10 +21,12 @@ from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from yarl import URL
 
+from curation.capture.rewrite import rewrite
 from curation.capture.row import Capture
 from curation.config import Settings
 from curation.proxy import routing, spool
 from curation.proxy.metrics import Metrics
+from curation.proxy.serving import ServingTable
 from curation.proxy.writer import Writer
 
 log = logging.getLogger("curation.proxy")
@@ -46,6 +48,7 @@ class Call:
     started: float
     t0: float
     t_up: float = 0.0
+    rewritten: bool = False
 
 
 @dataclass
@@ -54,6 +57,7 @@ class Proxy:
     spool: spool.Spool
     writer: Writer
     metrics: Metrics
+    serving: ServingTable
     session: aiohttp.ClientSession | None = None
 
     # -- helpers ---------------------------------------------------------
@@ -151,7 +155,7 @@ class Proxy:
             return body
         ns = route.namespace
         if route.record and ns and not self.settings.create_namespaces:
-            known = self.writer.known_namespaces
+            known = self.serving.namespaces or self.writer.known_namespaces
             if known is not None and ns not in known:
                 return self.error(
                     404,
@@ -167,6 +171,16 @@ class Proxy:
             started=time.time(),
             t0=t0,
         )
+        forwarded = body
+        served = self.serving.by_namespace.get(ns or "") if route.record else None
+        if served is not None:
+            taken = served.take()
+            changed = rewrite(body, served.model, served.short_prompt) if taken else None
+            if changed is not None:
+                forwarded, call.rewritten = changed, True
+            self.metrics.served.labels(
+                ns or "", "fine_tuned" if changed is not None else "original"
+            ).inc()
         url = URL(
             self.settings.upstream_url.rstrip("/") + upstream_raw_path(request.raw_path),
             encoded=True,
@@ -177,7 +191,7 @@ class Proxy:
             upstream = await self.session.request(
                 request.method,
                 url,
-                data=body,
+                data=forwarded,
                 headers=self.forward_headers(request),
                 allow_redirects=False,
             )
@@ -242,6 +256,7 @@ class Proxy:
                 tags_header=call.tags,
                 request=call.body,
                 response=response,
+                rewritten=call.rewritten,
             )
         )
 
@@ -356,8 +371,10 @@ class Proxy:
             skip_auto_headers=("User-Agent", "Content-Type"),
         )
         self.writer.start()
+        self.serving.start()
 
     async def on_cleanup(self, app: web.Application) -> None:
+        await self.serving.stop()
         if self.session is not None:
             await self.session.close()
 

@@ -66,6 +66,12 @@ class Metrics:
             "Captures spooled but not yet in PostgreSQL.",
             registry=r,
         )
+        self.served = Counter(
+            "curation_served",
+            "Chat completions of served namespaces, by who answered (fine_tuned or original).",
+            ["namespace", "answered_by"],
+            registry=r,
+        )
         self.spool_bytes = Gauge("curation_spool_bytes", "Bytes in spool segments.", registry=r)
         self.database_up = Gauge(
             "curation_database_up", "1 while the writer reaches PostgreSQL.", registry=r

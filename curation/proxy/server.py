@@ -21,6 +21,7 @@ from curation.db import connect, migrate
 from curation.errors import DatabaseUnavailable, InvalidInput
 from curation.proxy.app import Proxy, build_app
 from curation.proxy.metrics import Metrics
+from curation.proxy.serving import ServingTable
 from curation.proxy.spool import Spool
 from curation.proxy.writer import Writer
 
@@ -70,7 +71,8 @@ def serve(settings: Settings) -> None:
             uvloop.install()
         except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
             pass
-        asyncio.run(_run(Proxy(settings, spool, Writer(spool, url, metrics), metrics), host, port))
+        proxy = Proxy(settings, spool, Writer(spool, url, metrics), metrics, ServingTable(url))
+        asyncio.run(_run(proxy, host, port))
     finally:
         spool.close()
 

@@ -13,13 +13,14 @@ CREATE TEMP TABLE IF NOT EXISTS capture_staging (
     streamed boolean NOT NULL,
     upstream_request_id text,
     seen_at timestamptz NOT NULL,
-    tags jsonb NOT NULL
+    tags jsonb NOT NULL,
+    rewritten boolean NOT NULL
 ) ON COMMIT DELETE ROWS
 
 -- name: copy_staging
 COPY capture_staging (ord, namespace, user_prompt, response, request, system_prompt, model,
                       prompt_tokens, completion_tokens, latency_ms, streamed, upstream_request_id,
-                      seen_at, tags)
+                      seen_at, tags, rewritten)
 FROM STDIN
 
 -- name: insert_from_staging
@@ -42,10 +43,10 @@ WITH grouped AS (
 INSERT INTO openai_chat_completion AS t (
     namespace, user_prompt, response, request, system_prompt, model, prompt_tokens,
     completion_tokens, latency_ms, streamed, upstream_request_id, tags,
-    first_seen_at, last_seen_at, times_seen)
+    first_seen_at, last_seen_at, times_seen, rewritten)
 SELECT g.namespace, g.user_prompt, g.response::json, g.request, g.system_prompt, g.model,
        g.prompt_tokens, g.completion_tokens, g.latency_ms, g.streamed, g.upstream_request_id,
-       coalesce(m.tags, '{}'), g.seen_at, g.last_seen, g.seen
+       coalesce(m.tags, '{}'), g.seen_at, g.last_seen, g.seen, g.rewritten
 FROM grouped g
 LEFT JOIN merged_tags m ON m.namespace = g.namespace AND m.user_prompt = g.user_prompt
 ORDER BY g.ord

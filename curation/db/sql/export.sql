@@ -6,6 +6,7 @@ SELECT id, version, user_prompt::text AS user_prompt, request::text AS request,
 FROM {table}
 WHERE included IS NOT NULL
   AND excluded IS NULL
+  AND NOT rewritten  -- the served student's own answers never train it
   AND (%(since)s::timestamptz IS NULL OR included >= %(since)s::timestamptz)
   AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
   AND (%(tag_key)s::text IS NULL OR tags ->> %(tag_key)s::text = %(tag_value)s::text)
@@ -16,6 +17,7 @@ SELECT count(*) AS n
 FROM {table}
 WHERE included IS NOT NULL
   AND excluded IS NULL
+  AND NOT rewritten  -- the served student's own answers never train it
   AND (%(since)s::timestamptz IS NULL OR included >= %(since)s::timestamptz)
   AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
   AND (%(tag_key)s::text IS NULL OR tags ->> %(tag_key)s::text = %(tag_value)s::text)

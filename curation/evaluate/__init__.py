@@ -1,0 +1,1 @@
+"""The evaluate path: replay held-out curated rows against models and compare."""

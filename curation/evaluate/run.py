@@ -1,0 +1,152 @@
+"""Replay curated rows against models, score them, record the run.
+
+Calls run with bounded concurrency (the SDK retries 429/5xx itself); a
+call that still fails is recorded as an error for that row and model, and
+the run goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from curation.db import evals as db
+from curation.db import namespaces
+from curation.db.connect import Connection
+from curation.errors import NotFound, UpstreamError
+from curation.evaluate import calls, compare, summary
+from curation.export import examples
+from curation.jobs.provider import Provider
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    namespace: str
+    models: Sequence[str]
+    baseline: str | None = None
+    rows: str = "validation"  # validation | all-included | comma-separated ids
+    compare: str = "exact"
+    concurrency: int = 4
+    short: bool = False
+    models_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class EvalOutcome:
+    run_id: int
+    models: list[dict[str, Any]]
+    rows: int
+
+
+def evaluate(
+    conn: Connection,
+    provider: Provider,
+    req: EvalRequest,
+    on_done: Callable[[int], None] | None = None,
+) -> EvalOutcome:
+    ns = namespaces.get(conn, req.namespace)
+    comparator = compare.resolve(req.compare)
+    ids, dataset_id = _row_choice(conn, req)
+    sources = [
+        _source(r) for r in db.eval_rows(conn, req.namespace, ids=ids, dataset_id=dataset_id)
+    ]
+    if not sources:
+        raise NotFound(
+            f"no rows to evaluate in {req.namespace} ({req.rows}); include rows, or pick others with --rows"
+        )
+    everyone = list(dict.fromkeys([*([req.baseline] if req.baseline else []), *req.models]))
+
+    def one(task: tuple[examples.SourceRow, str]) -> summary.Result:
+        source, model = task
+        student = model != req.baseline and calls.is_student(model, req.short)
+        request = calls.request_for(model, source.request, ns.training_system_prompt, student)
+        try:
+            message, usage, latency = provider.chat(**request)
+        except UpstreamError as exc:
+            result = summary.Result(source.id, model, None, error=str(exc))
+        else:
+            actual = calls.answer_text(message)
+            result = summary.Result(
+                source.id,
+                model,
+                comparator(calls.expected_text(source), actual),
+                actual,
+                None,
+                latency,
+                usage.get("prompt_tokens"),
+                usage.get("completion_tokens"),
+            )
+        if on_done:
+            on_done(1)
+        return result
+
+    with ThreadPoolExecutor(max_workers=max(1, req.concurrency)) as pool:
+        results = list(pool.map(one, [(s, m) for s in sources for m in everyone]))
+    per_model = summary.summarise(results, req.baseline, req.models_file)
+    run_id = db.record_run(
+        conn,
+        {
+            "namespace": req.namespace,
+            "dataset_id": dataset_id,
+            "rows_source": req.rows,
+            "compare": req.compare,
+            "baseline": req.baseline,
+            "models": everyone,
+            "summary": {"models": per_model, "rows": len(sources)},
+        },
+        (
+            (
+                r.row_id,
+                r.model,
+                r.matched,
+                r.answer,
+                r.error,
+                r.latency_ms,
+                r.prompt_tokens,
+                r.completion_tokens,
+            )
+            for r in results
+        ),
+    )
+    return EvalOutcome(run_id, per_model, len(sources))
+
+
+def _row_choice(conn: Connection, req: EvalRequest) -> tuple[list[int] | None, int | None]:
+    if req.rows == "all-included":
+        return None, None
+    if req.rows == "validation":
+        dataset_id = db.latest_dataset(conn, req.namespace)
+        if dataset_id is None:
+            raise NotFound(
+                f"{req.namespace} has no dataset yet, so no validation rows: run curation export "
+                "(or retrain) first, or use --rows all-included"
+            )
+        return None, dataset_id
+    try:
+        return [int(i) for i in req.rows.split(",")], None
+    except ValueError as exc:
+        raise NotFound(
+            f"--rows {req.rows!r}: use validation, all-included or comma-separated ids"
+        ) from exc
+
+
+def _source(row: dict[str, Any]) -> examples.SourceRow:
+    return examples.SourceRow(
+        id=row["id"],
+        version=row["version"],
+        user_prompt=row["user_prompt"],
+        request=orjson.loads(row["request"]),
+        response=orjson.loads(row["response"]),
+        corrected_response=orjson.loads(row["corrected_response"])
+        if row["corrected_response"]
+        else None,
+    )
+
+
+def as_dict(outcome: EvalOutcome) -> dict[str, Any]:
+    return asdict(outcome)
