@@ -517,7 +517,7 @@ class FakeOpenAI:
             self._event(job, "Step 10/10: training loss=0.04")
             self._event(job, "The job has successfully completed")
 
-    async def get_job(self, request: web.Request) -> web.Response:
+    def _job(self, request: web.Request) -> dict[str, Any] | web.Response:
         job = self.jobs.get(request.match_info["job_id"])
         if job is None:
             return self.error(
@@ -527,6 +527,12 @@ class FakeOpenAI:
                 "fine_tune_not_found",
                 "req_job",
             )
+        return job
+
+    async def get_job(self, request: web.Request) -> web.Response:
+        job = self._job(request)
+        if isinstance(job, web.Response):
+            return job
         if job["status"] not in ("succeeded", "failed", "cancelled"):
             self._advance(job)
         return web.json_response(self._public(job))
@@ -547,28 +553,16 @@ class FakeOpenAI:
         )
 
     async def job_events(self, request: web.Request) -> web.Response:
-        job = self.jobs.get(request.match_info["job_id"])
-        if job is None:
-            return self.error(
-                404,
-                "No such fine-tuning job.",
-                "invalid_request_error",
-                "fine_tune_not_found",
-                "req_job",
-            )
+        job = self._job(request)
+        if isinstance(job, web.Response):
+            return job
         events = list(reversed(job["_events"]))[: int(request.query.get("limit", 20))]
         return web.json_response({"object": "list", "data": events, "has_more": False})
 
     async def cancel_job(self, request: web.Request) -> web.Response:
-        job = self.jobs.get(request.match_info["job_id"])
-        if job is None:
-            return self.error(
-                404,
-                "No such fine-tuning job.",
-                "invalid_request_error",
-                "fine_tune_not_found",
-                "req_job",
-            )
+        job = self._job(request)
+        if isinstance(job, web.Response):
+            return job
         if job["status"] in ("succeeded", "failed", "cancelled"):
             return self.error(
                 400, f"Job has already {job['status']}.", "invalid_request_error", None, "req_job"

@@ -193,3 +193,20 @@ def test_triggers_work_after_each_downgrade(empty_db_url: str) -> None:
             c.execute(
                 "UPDATE locations_openai_chat_completion SET included = now(), note = %s", [target]
             )
+
+
+def test_partitions_made_before_a_revision_get_its_comments_and_grants(empty_db_url: str) -> None:
+    migrate.upgrade(empty_db_url, "0002")
+    make_namespace(empty_db_url)
+    migrate.upgrade(empty_db_url)
+    with psycopg.connect(empty_db_url, autocommit=True, row_factory=dict_row) as c:
+        row = c.execute(
+            "SELECT col_description(attrelid, attnum) AS c FROM pg_attribute"
+            " WHERE attrelid = 'locations_openai_chat_completion'::regclass AND attname = 'rewritten'"
+        ).fetchone()
+        granted = c.execute(
+            "SELECT has_column_privilege('curation_curator', 'locations_openai_chat_completion',"
+            " 'proposed_response', 'UPDATE') AS ok"
+        ).fetchone()
+    assert row is not None and "fine-tuned model" in str(row["c"])
+    assert granted == {"ok": True}

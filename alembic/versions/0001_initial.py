@@ -106,6 +106,27 @@ END $$;
 CREATE TRIGGER bump_version BEFORE UPDATE ON openai_chat_completion
     FOR EACH ROW EXECUTE FUNCTION curation_bump_version();
 
+-- Partitions do not inherit column comments: copy the parent's, so \d+ explains them.
+CREATE FUNCTION curation_copy_comments(tbl regclass) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    col record;
+BEGIN
+    FOR col IN
+        SELECT a.attname, d.description
+        FROM pg_attribute a
+        JOIN pg_description d ON d.objoid = a.attrelid AND d.objsubid = a.attnum
+        WHERE a.attrelid = 'openai_chat_completion'::regclass
+    LOOP
+        EXECUTE format('COMMENT ON COLUMN %s.%I IS %L', tbl, col.attname, col.description);
+    END LOOP;
+END $$;
+
+-- What every new partition gets; later revisions extend it (e.g. grants).
+CREATE FUNCTION curation_setup_partition(tbl regclass) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM curation_copy_comments(tbl);
+END $$;
+
 -- The one way a namespace and its partition come to exist (the CLI, the proxy
 -- and sql/create_namespace.sql all call it). Idempotent; returns true when it
 -- created the namespace.
@@ -117,7 +138,6 @@ CREATE FUNCTION curation_create_namespace(
 DECLARE
     tbl text := p_name || '_openai_chat_completion';
     created boolean;
-    col record;
 BEGIN
     IF p_name IS NULL OR p_name !~ '^[a-z][a-z0-9_]{0,39}$' THEN
         RAISE EXCEPTION 'invalid namespace name %', quote_nullable(p_name)
@@ -134,14 +154,7 @@ BEGIN
         EXECUTE format('COMMENT ON TABLE %I IS %L', tbl,
             'Chat completions captured for namespace ' || p_name
             || '. Include a row: UPDATE ' || tbl || ' SET included = now() WHERE id = ...');
-        FOR col IN
-            SELECT a.attname, d.description
-            FROM pg_attribute a
-            JOIN pg_description d ON d.objoid = a.attrelid AND d.objsubid = a.attnum
-            WHERE a.attrelid = 'openai_chat_completion'::regclass
-        LOOP
-            EXECUTE format('COMMENT ON COLUMN %I.%I IS %L', tbl, col.attname, col.description);
-        END LOOP;
+        PERFORM curation_setup_partition(quote_ident(tbl)::regclass);
     END IF;
     RETURN created;
 END $$;
@@ -261,6 +274,8 @@ DROP TABLE fine_tune_job;
 DROP TABLE dataset_row;
 DROP TABLE dataset;
 DROP FUNCTION curation_create_namespace(text, text, text);
+DROP FUNCTION curation_setup_partition(regclass);
+DROP FUNCTION curation_copy_comments(regclass);
 DROP TABLE openai_chat_completion;
 DROP FUNCTION curation_bump_version();
 DROP TABLE namespace;

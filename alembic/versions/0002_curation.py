@@ -107,81 +107,17 @@ END $$;
 SELECT curation_grant_curator('openai_chat_completion');
 SELECT curation_grant_curator(inhrelid::regclass) FROM pg_inherits WHERE inhparent = 'openai_chat_completion'::regclass;
 
-CREATE OR REPLACE FUNCTION curation_create_namespace(
-    p_name text,
-    p_training_system_prompt text DEFAULT NULL,
-    p_base_model text DEFAULT NULL
-) RETURNS boolean LANGUAGE plpgsql AS $$
-DECLARE
-    tbl text := p_name || '_openai_chat_completion';
-    created boolean;
-    col record;
+CREATE OR REPLACE FUNCTION curation_setup_partition(tbl regclass) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    IF p_name IS NULL OR p_name !~ '^[a-z][a-z0-9_]{0,39}$' THEN
-        RAISE EXCEPTION 'invalid namespace name %', quote_nullable(p_name)
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'use 1-40 characters: a lowercase letter, then lowercase letters, digits or _';
-    END IF;
-    PERFORM pg_advisory_xact_lock(hashtext('curation_namespace'), hashtext(p_name));
-    INSERT INTO namespace (name, training_system_prompt, base_model)
-    VALUES (p_name, p_training_system_prompt, p_base_model)
-    ON CONFLICT (name) DO NOTHING;
-    created := FOUND;
-    IF to_regclass(quote_ident(tbl)) IS NULL THEN
-        EXECUTE format('CREATE TABLE %I PARTITION OF openai_chat_completion FOR VALUES IN (%L)', tbl, p_name);
-        EXECUTE format('COMMENT ON TABLE %I IS %L', tbl,
-            'Chat completions captured for namespace ' || p_name
-            || '. Include a row: UPDATE ' || tbl || ' SET included = now() WHERE id = ...');
-        FOR col IN
-            SELECT a.attname, d.description
-            FROM pg_attribute a
-            JOIN pg_description d ON d.objoid = a.attrelid AND d.objsubid = a.attnum
-            WHERE a.attrelid = 'openai_chat_completion'::regclass
-        LOOP
-            EXECUTE format('COMMENT ON COLUMN %I.%I IS %L', tbl, col.attname, col.description);
-        END LOOP;
-        PERFORM curation_grant_curator(quote_ident(tbl)::regclass);
-    END IF;
-    RETURN created;
+    PERFORM curation_copy_comments(tbl);
+    PERFORM curation_grant_curator(tbl);
 END $$;
 """
 
 DOWNGRADE = r"""
-CREATE OR REPLACE FUNCTION curation_create_namespace(
-    p_name text,
-    p_training_system_prompt text DEFAULT NULL,
-    p_base_model text DEFAULT NULL
-) RETURNS boolean LANGUAGE plpgsql AS $$
-DECLARE
-    tbl text := p_name || '_openai_chat_completion';
-    created boolean;
-    col record;
+CREATE OR REPLACE FUNCTION curation_setup_partition(tbl regclass) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    IF p_name IS NULL OR p_name !~ '^[a-z][a-z0-9_]{0,39}$' THEN
-        RAISE EXCEPTION 'invalid namespace name %', quote_nullable(p_name)
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'use 1-40 characters: a lowercase letter, then lowercase letters, digits or _';
-    END IF;
-    PERFORM pg_advisory_xact_lock(hashtext('curation_namespace'), hashtext(p_name));
-    INSERT INTO namespace (name, training_system_prompt, base_model)
-    VALUES (p_name, p_training_system_prompt, p_base_model)
-    ON CONFLICT (name) DO NOTHING;
-    created := FOUND;
-    IF to_regclass(quote_ident(tbl)) IS NULL THEN
-        EXECUTE format('CREATE TABLE %I PARTITION OF openai_chat_completion FOR VALUES IN (%L)', tbl, p_name);
-        EXECUTE format('COMMENT ON TABLE %I IS %L', tbl,
-            'Chat completions captured for namespace ' || p_name
-            || '. Include a row: UPDATE ' || tbl || ' SET included = now() WHERE id = ...');
-        FOR col IN
-            SELECT a.attname, d.description
-            FROM pg_attribute a
-            JOIN pg_description d ON d.objoid = a.attrelid AND d.objsubid = a.attnum
-            WHERE a.attrelid = 'openai_chat_completion'::regclass
-        LOOP
-            EXECUTE format('COMMENT ON COLUMN %I.%I IS %L', tbl, col.attname, col.description);
-        END LOOP;
-    END IF;
-    RETURN created;
+    PERFORM curation_copy_comments(tbl);
 END $$;
 DROP FUNCTION curation_grant_curator(regclass);
 -- the role belongs to the cluster: drop only this database's grants

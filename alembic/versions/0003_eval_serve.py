@@ -28,21 +28,21 @@ ALTER TABLE openai_chat_completion
     ADD COLUMN proposed_by text,
     ADD COLUMN proposed_at timestamptz;
 
--- comments on the parent, and on every partition (new ones copy them)
+-- comments on the parent, copied to every partition (new ones copy them anyway)
 DO $$
 DECLARE
-    part regclass;
     col record;
+    part regclass;
 BEGIN
-    FOR part IN SELECT 'openai_chat_completion'::regclass
-                UNION ALL SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = 'openai_chat_completion'::regclass
-    LOOP
-        FOR col IN SELECT * FROM (VALUES %(comments)s) AS c(name, text) LOOP
-            EXECUTE format('COMMENT ON COLUMN %%s.%%I IS %%L', part, col.name, col.text);
-        END LOOP;
+    FOR col IN SELECT * FROM (VALUES %(comments)s) AS c(name, text) LOOP
+        EXECUTE format('COMMENT ON COLUMN openai_chat_completion.%%I IS %%L', col.name, col.text);
+    END LOOP;
+    FOR part IN SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = 'openai_chat_completion'::regclass LOOP
+        PERFORM curation_copy_comments(part);
         EXECUTE format('GRANT UPDATE (proposed_response, proposed_by, proposed_at) ON %%s TO curation_curator', part);
     END LOOP;
 END $$;
+GRANT UPDATE (proposed_response, proposed_by, proposed_at) ON openai_chat_completion TO curation_curator;
 
 CREATE OR REPLACE FUNCTION curation_grant_curator(tbl regclass) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN

@@ -295,19 +295,7 @@ def stats_command(app: AppContext, namespace: str | None, as_json: bool) -> None
     emit(
         found,
         as_json,
-        [
-            "namespace",
-            "calls",
-            "distinct_prompts",
-            "pending",
-            "included",
-            "excluded",
-            "corrected",
-            "tokens_in",
-            "tokens_out",
-            "spend_usd",
-            "new_since_last_job",
-        ],
+        list(stats.COLUMNS),
     )
 
 

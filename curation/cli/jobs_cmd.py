@@ -90,6 +90,22 @@ def submit_and_maybe_wait(
         finish(job)
 
 
+def prepare(
+    app: AppContext,
+    conn: Any,
+    namespace: str,
+    method: str,
+    suffix: str | None,
+    seed: int | None,
+    options: dict[str, Any],
+) -> tuple[Any, finetune.SubmitOptions]:
+    """The export request and job options that `finetune submit` and `retrain` share."""
+    request = build_request(
+        app, conn, namespace, Path("."), options, "dpo" if method == "dpo" else "chat"
+    )
+    return request, finetune.SubmitOptions(namespace, method, options.get("epochs"), suffix, seed)
+
+
 @click.group("finetune")
 def finetune_group() -> None:
     """Fine-tuning jobs at OPENAI_BASE_URL (OpenAI or a compatible provider)."""
@@ -114,13 +130,10 @@ def submit_command(
     """Export NAMESPACE, upload the files and create a fine-tuning job."""
     provider = Provider(app.settings())
     with app.db(autocommit=True) as conn:
-        request = build_request(
-            app, conn, namespace, Path("."), options, "dpo" if method == "dpo" else "chat"
-        )
+        request, opts = prepare(app, conn, namespace, method, suffix, seed, options)
         result = retrain.export_into(conn, request, app.settings().data_dir / "exports")
         for line in summary(result):
             click.echo(line, err=True)
-        opts = finetune.SubmitOptions(namespace, method, options.get("epochs"), suffix, seed)
         job = finetune.submit(conn, provider, result, opts)
         submit_and_maybe_wait(app, conn, provider, job, wait_, interval)
 
@@ -205,10 +218,7 @@ def retrain_command(
     """
     provider = Provider(app.settings())
     with app.db(autocommit=True) as conn:
-        request = build_request(
-            app, conn, namespace, Path("."), options, "dpo" if method == "dpo" else "chat"
-        )
-        opts = finetune.SubmitOptions(namespace, method, options.get("epochs"), suffix, seed)
+        request, opts = prepare(app, conn, namespace, method, suffix, seed, options)
         outcome = retrain.retrain(
             conn, provider, request, opts, app.settings().data_dir / "exports"
         )

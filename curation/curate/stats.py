@@ -20,6 +20,7 @@ SUMMED = (
     "tokens_in",
     "tokens_out",
 )
+COLUMNS = ("namespace", *SUMMED, "spend_usd", "new_since_last_job")
 
 
 def collect(

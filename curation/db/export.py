@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from curation.db import queries
@@ -32,9 +33,11 @@ class Filters:
 
 
 def count_rows(conn: Connection, namespace: str, filters: Filters) -> int:
-    row = conn.execute(
-        queries.for_namespace("count_export_rows", namespace), filters.params()
-    ).fetchone()
+    """How many rows ``iter_rows`` will yield (for a progress bar)."""
+    query = sql.SQL("SELECT count(*) AS n FROM ({}) AS q").format(
+        queries.for_namespace("export_rows", namespace)
+    )
+    row = conn.execute(query, filters.params()).fetchone()
     return int(row["n"]) if row else 0
 
 

@@ -12,16 +12,6 @@ WHERE included IS NOT NULL
   AND (%(tag_key)s::text IS NULL OR tags ->> %(tag_key)s::text = %(tag_value)s::text)
 ORDER BY id
 
--- name: count_export_rows
-SELECT count(*) AS n
-FROM {table}
-WHERE included IS NOT NULL
-  AND excluded IS NULL
-  AND NOT rewritten  -- the served student's own answers never train it
-  AND (%(since)s::timestamptz IS NULL OR included >= %(since)s::timestamptz)
-  AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
-  AND (%(tag_key)s::text IS NULL OR tags ->> %(tag_key)s::text = %(tag_value)s::text)
-
 -- name: find_dataset
 SELECT id FROM dataset
 WHERE namespace = %(namespace)s AND sha256 = %(sha256)s AND base_model = %(base_model)s AND format = %(format)s
