@@ -134,6 +134,15 @@ def spawn(
     return proc
 
 
+def unpin_children(pid: int) -> None:
+    """The recorder inherits the proxy's CPU; like PostgreSQL, it may run anywhere."""
+    import psutil
+
+    if PIN:
+        for child in psutil.Process(pid).children(recursive=True):
+            child.cpu_affinity(list(range(os.cpu_count() or 1)))
+
+
 def port_open(port: int) -> bool:
     import socket
 
@@ -222,6 +231,7 @@ def main() -> None:
         proxy = spawn([sys.executable, "-m", "curation", "proxy"], env, work / "proxy.log", cpu=1)
         try:
             wait_for(lambda: port_open(up_port) and port_open(proxy_port), timeout=30)
+            unpin_children(proxy.pid)
             direct = f"http://127.0.0.1:{up_port}/v1/chat/completions"
             via = f"http://127.0.0.1:{proxy_port}/ns/bench/v1/chat/completions"
             asyncio.run(paced(direct, "warm"))  # warm both paths (and the JIT-less caches)

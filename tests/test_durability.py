@@ -8,14 +8,14 @@ import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import openai
 from openai import OpenAI
 
 from curation.capture.row import Row
-from curation.proxy.metrics import Metrics
-from curation.proxy.spool import Position, Spool
-from curation.proxy.writer import Writer
+from curation.proxy.spool import Position, Spool, SpoolReader
+from curation.proxy.writer import Stats, Writer
 from tests.harness import ProxyProcess, Relay, query, wait_for
 
 Start = Callable[..., ProxyProcess]
@@ -147,11 +147,13 @@ def test_rows_postgres_refuses_are_kept_aside(db_url: str, tmp_path: Path) -> No
             "{}",
         )
 
-    async def scenario() -> Metrics:
-        metrics = Metrics()
+    async def scenario() -> Stats:
+        stats = Stats()
         spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
         spool.open()
-        writer = Writer(spool, db_url, metrics)
+        reader = SpoolReader(spool.directory)
+        reader.open()
+        writer = Writer(reader, db_url, stats)
         batch = [
             row("good 1", '{"choices": []}'),
             row("poison", "{not json"),
@@ -159,10 +161,11 @@ def test_rows_postgres_refuses_are_kept_aside(db_url: str, tmp_path: Path) -> No
         ]
         assert await writer.commit(batch, Position(1, 123))
         await writer.stop(1)
+        reader.close()
         spool.close()
-        return metrics
+        return stats
 
-    metrics = asyncio.run(scenario())
+    stats = asyncio.run(scenario())
     assert recorded(db_url) == {"good 1": 1, "good 2": 1}
     rejected = [
         json.loads(line)
@@ -170,7 +173,7 @@ def test_rows_postgres_refuses_are_kept_aside(db_url: str, tmp_path: Path) -> No
     ]
     assert [r["row"]["user_prompt"] for r in rejected] == ["poison"]
     assert "invalid input syntax for type json" in rejected[0]["reason"]
-    assert metrics.rejected._value.get() == 1  # type: ignore[attr-defined]
+    assert stats.rejected == 1 and stats.rows_written == 3
     assert query(db_url, "SELECT segment, byte_offset FROM spool_checkpoint") == [
         {"segment": 1, "byte_offset": 123}
     ]
@@ -189,3 +192,34 @@ def http(proxy: ProxyProcess, path: str) -> bytes:
 
 def metrics(proxy: ProxyProcess) -> str:
     return http(proxy, "/metrics").decode()
+
+
+def recorder_of(proxy: ProxyProcess) -> Any:
+    import psutil
+
+    assert proxy.proc is not None
+    [child] = wait_for(lambda: psutil.Process(proxy.proc.pid).children(), timeout=10)  # type: ignore[union-attr]
+    return child
+
+
+def test_killed_recorder_is_restarted_and_loses_nothing(start_proxy: Start, db_url: str) -> None:
+    proxy = start_proxy()
+    call(proxy, "before")
+    wait_for(lambda: recorded(db_url) == {"before": 1})
+    recorder_of(proxy).kill()
+    for i in range(20):  # the proxy keeps serving and spooling meanwhile
+        call(proxy, f"after {i}", stream=i % 2 == 0)
+    got = wait_for(lambda: (r := recorded(db_url)) and len(r) == 21 and r, timeout=30)
+    assert set(got.values()) == {1}
+    assert "recorder exited" in proxy.log()
+    assert "curation_recorder_restarts_total 1.0" in metrics(proxy)
+
+
+def test_recorder_does_not_outlive_a_killed_proxy(start_proxy: Start, db_url: str) -> None:
+    import psutil
+
+    proxy = start_proxy()
+    recorder = recorder_of(proxy)
+    proxy.kill()
+    recorder.wait(timeout=15)  # it notices its parent is gone, flushes and exits
+    assert not psutil.pid_exists(recorder.pid) or recorder.status() == psutil.STATUS_ZOMBIE

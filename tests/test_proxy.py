@@ -419,8 +419,17 @@ def test_health_ready_metrics(start_proxy: Start, db_url: str) -> None:
     proxy = start_proxy()
     client(proxy).chat.completions.create(model="gpt-4o-mini", messages=ask("m"))
     rows(db_url)
-    ready = raw_http(proxy.port, b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    assert ready.startswith(b"HTTP/1.1 200") and b'"database": "ok"' in ready
+    ready = wait_for(
+        lambda: (
+            (
+                r := raw_http(
+                    proxy.port, b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                )
+            ).startswith(b"HTTP/1.1 200")
+            and r
+        )
+    )  # the recorder publishes its state every 0.25 s
+    assert b'"database": "ok"' in ready and b'"recorder": "running"' in ready
     text = wait_for(lambda: (m := metrics(proxy)) and "curation_rows_written_total 1.0" in m and m)
     for name in (
         "curation_requests_total{",

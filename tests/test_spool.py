@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from curation.errors import Conflict
-from curation.proxy.spool import Position, Spool, encode
+from curation.proxy.spool import Position, Spool, SpoolReader, encode
 
 
 def frame(i: int, size: int = 10) -> bytes:
@@ -21,52 +21,67 @@ def opened(path: Path, **kw: int) -> Spool:
     return s
 
 
+def reader(path: Path) -> SpoolReader:
+    r = SpoolReader(path)
+    r.open(wait=1)
+    return r
+
+
 def test_frames_read_back_in_order(tmp_path: Path) -> None:
     s = opened(tmp_path)
+    r = reader(tmp_path)
     for i in range(5):
         s.append(frame(i))
-    got = s.read(3, 1 << 20) + s.read(10, 1 << 20)
+    got = r.read(3, 1 << 20) + r.read(10, 1 << 20)
     assert [f.meta["i"] for f in got] == [0, 1, 2, 3, 4]
     assert got[0].request == b"q" * 10 and got[0].response == b"r" * 10
-    assert s.read(10, 1 << 20) == []
+    assert r.read(10, 1 << 20) == []
 
 
 def test_replay_after_restart_from_checkpoint(tmp_path: Path) -> None:
     s = opened(tmp_path)
+    r = reader(tmp_path)
     for i in range(4):
         s.append(frame(i))
-    s.read(2, 1 << 20)
-    checkpoint = s.read_position
+    r.read(2, 1 << 20)
+    checkpoint = r.read_position
     s.close()  # as if killed: nothing else recorded
-    again = opened(tmp_path)
-    again.seek(checkpoint)
-    assert [f.meta["i"] for f in again.read(10, 1 << 20)] == [2, 3]
+    r.close()
+    again, r2 = opened(tmp_path), reader(tmp_path)
+    r2.seek(checkpoint)
+    assert [f.meta["i"] for f in r2.read(10, 1 << 20)] == [2, 3]
     again.append(frame(9))
-    assert [f.meta["i"] for f in again.read(10, 1 << 20)] == [9]
+    assert [f.meta["i"] for f in r2.read(10, 1 << 20)] == [9]
 
 
 def test_torn_last_frame_is_skipped(tmp_path: Path) -> None:
     s = opened(tmp_path)
     s.append(frame(0))
     s.append(frame(1))
-    segment = s._path(s._active)
+    segment = s.path(s._active)
     s.close()
     with open(segment, "r+b") as f:  # kill -9 in the middle of a write
         f.truncate(os.path.getsize(segment) - 5)
-    again = opened(tmp_path)
+    again, r = opened(tmp_path), reader(tmp_path)
+    assert [f.meta["i"] for f in r.read(10, 1 << 20)] == [
+        0
+    ]  # the torn tail: not yet known to be torn
     again.append(frame(2))
-    assert [f.meta["i"] for f in again.read(10, 1 << 20)] == [0, 2]
-    assert again.torn == 1
+    assert [f.meta["i"] for f in r.read(10, 1 << 20)] == [2]
+    assert r.torn == 1
 
 
 def test_release_deletes_consumed_segments(tmp_path: Path) -> None:
     s = opened(tmp_path, segment_bytes=100)
+    r = reader(tmp_path)
     for i in range(6):
         s.append(frame(i, 40))
     assert len(list(tmp_path.glob("*.seg"))) >= 5
-    s.read(100, 1 << 20)
-    s.release(s.read_position)
-    assert sorted(tmp_path.glob("*.seg")) == [s._path(s._active)]
+    r.read(100, 1 << 20)
+    r.release(r.read_position)
+    assert sorted(tmp_path.glob("*.seg")) == [s.path(r.read_position.segment)]
+    s.rescan()
+    assert s.total_bytes == s.path(r.read_position.segment).stat().st_size
 
 
 def test_cap_drops_oldest_and_counts(tmp_path: Path) -> None:
@@ -76,20 +91,24 @@ def test_cap_drops_oldest_and_counts(tmp_path: Path) -> None:
     for i in range(30):
         s.append(frame(i, 40))
     assert s.total_bytes <= 1000
-    remaining = [f.meta["i"] for f in s.read(100, 1 << 20)]
+    remaining = [f.meta["i"] for f in reader(tmp_path).read(100, 1 << 20)]
     assert remaining == list(range(30 - len(remaining), 30))  # the newest survive, in order
     assert sum(dropped) == 30 - len(remaining)
 
 
-def test_one_proxy_per_spool(tmp_path: Path) -> None:
+def test_one_proxy_and_one_reader_per_spool(tmp_path: Path) -> None:
     opened(tmp_path)
     with pytest.raises(Conflict, match="in use by another proxy"):
         opened(tmp_path)
+    reader(tmp_path)
+    with pytest.raises(Conflict):
+        reader(tmp_path)
 
 
 def test_seek_never_goes_backwards(tmp_path: Path) -> None:
     s = opened(tmp_path)
+    r = reader(tmp_path)
     s.append(frame(0))
-    s.read(10, 1 << 20)
-    s.seek(Position(0, 0))
-    assert s.read(10, 1 << 20) == []
+    r.read(10, 1 << 20)
+    r.seek(Position(0, 0))
+    assert r.read(10, 1 << 20) == []

@@ -9,10 +9,11 @@ in the writer.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 import orjson
@@ -26,8 +27,8 @@ from curation.capture.row import Capture
 from curation.config import Settings
 from curation.proxy import routing, spool
 from curation.proxy.metrics import Metrics
+from curation.proxy.recorder import Recorder
 from curation.proxy.serving import ServingTable
-from curation.proxy.writer import Writer
 
 log = logging.getLogger("curation.proxy")
 access = logging.getLogger("curation.access")
@@ -55,10 +56,11 @@ class Call:
 class Proxy:
     settings: Settings
     spool: spool.Spool
-    writer: Writer
+    recorder: Recorder
     metrics: Metrics
     serving: ServingTable
     session: aiohttp.ClientSession | None = None
+    _supervisor: asyncio.Task[None] = field(init=False)
 
     # -- helpers ---------------------------------------------------------
 
@@ -106,7 +108,6 @@ class Proxy:
             log.error("could not spool a capture of namespace %s: %s", capture.namespace, exc)
             return
         self.metrics.spooled.inc()
-        self.writer.wake()
 
     # -- operations endpoints ------------------------------------------
 
@@ -114,20 +115,20 @@ class Proxy:
         return web.json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
+        self.spool.rescan()
         over = self.spool.total_bytes >= self.spool.max_bytes * 0.9
-        ready = self.writer.database_ok and not over
+        database_ok = self.recorder.database_ok
+        ready = database_ok and not over
         body = {
             "status": "ready" if ready else "degraded",
-            "database": "ok" if self.writer.database_ok else "unreachable",
+            "database": "ok" if database_ok else "unreachable",
+            "recorder": "running" if self.recorder.alive else "not running",
             "spool_bytes": self.spool.total_bytes,
             "spool_max_bytes": self.spool.max_bytes,
-            "pending_records": self.writer.backlog,
         }
         return web.json_response(body, status=200 if ready else 503)
 
     async def metrics_endpoint(self, request: web.Request) -> web.Response:
-        self.metrics.queue_depth.set(self.writer.backlog)
-        self.metrics.spool_bytes.set(self.spool.total_bytes)
         return web.Response(
             body=generate_latest(self.metrics.registry),
             headers={"Content-Type": CONTENT_TYPE_LATEST},
@@ -155,7 +156,7 @@ class Proxy:
             return body
         ns = route.namespace
         if route.record and ns and not self.settings.create_namespaces:
-            known = self.serving.namespaces or self.writer.known_namespaces
+            known = self.serving.namespaces
             if known is not None and ns not in known:
                 return self.error(
                     404,
@@ -370,11 +371,13 @@ class Proxy:
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Content-Type"),
         )
-        self.writer.start()
+        self.recorder.start()
+        self._supervisor = asyncio.create_task(self.recorder.supervise(), name="curation-recorder")
         self.serving.start()
 
     async def on_cleanup(self, app: web.Application) -> None:
         await self.serving.stop()
+        self._supervisor.cancel()
         if self.session is not None:
             await self.session.close()
 

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from curation.proxy.recorder import Recorder
+    from curation.proxy.spool import Spool
 
 FAST = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
 SLOW = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -39,31 +48,15 @@ class Metrics:
         self.unrecorded = Counter(
             "curation_unrecorded",
             "Chat completions not recorded, by reason (opt_out, no_namespace, status, "
-            "client_disconnect, upstream_cut, unrecordable).",
+            "client_disconnect, upstream_cut; unrecordable ones: curation_unrecordable_total).",
             ["reason"],
             registry=r,
         )
         self.spooled = Counter("curation_spooled", "Captures appended to the spool.", registry=r)
-        self.rows_written = Counter(
-            "curation_rows_written", "Captures committed to PostgreSQL.", registry=r
-        )
-        self.write_errors = Counter(
-            "curation_write_errors", "Failed batch writes (each retried).", registry=r
-        )
-        self.rejected = Counter(
-            "curation_rejected",
-            "Captures PostgreSQL refused (kept in the spool's rejected.jsonl).",
-            registry=r,
-        )
         self.dropped = Counter(
             "curation_dropped",
             "Captures lost: spool over its cap, or the disk refused.",
             ["reason"],
-            registry=r,
-        )
-        self.queue_depth = Gauge(
-            "curation_recorder_queue_depth",
-            "Captures spooled but not yet in PostgreSQL.",
             registry=r,
         )
         self.served = Counter(
@@ -72,7 +65,43 @@ class Metrics:
             ["namespace", "answered_by"],
             registry=r,
         )
-        self.spool_bytes = Gauge("curation_spool_bytes", "Bytes in spool segments.", registry=r)
-        self.database_up = Gauge(
-            "curation_database_up", "1 while the writer reaches PostgreSQL.", registry=r
+
+
+class RecorderCollector(Collector):
+    """The recorder process's counters, read from its status file at scrape time."""
+
+    def __init__(self, recorder: Recorder, spool: Spool) -> None:
+        self.recorder = recorder
+        self.spool = spool
+
+    def collect(self) -> Iterator[Metric]:
+        status = self.recorder.status()
+        counters = {
+            "rows_written": "Captures committed to PostgreSQL.",
+            "write_errors": "Failed batch writes (each retried).",
+            "rejected": "Captures PostgreSQL refused (kept in the spool's rejected.jsonl).",
+            "unrecordable": "Captures that could not become rows (kept in rejected.jsonl).",
+            "torn": "Torn frames skipped in the spool (a process died mid-write).",
+        }
+        for key, doc in counters.items():
+            yield CounterMetricFamily(f"curation_{key}", doc, value=float(status.get(key, 0)))
+        yield CounterMetricFamily(
+            "curation_recorder_restarts",
+            "Times the recorder process was restarted.",
+            value=float(self.recorder.restarts),
+        )
+        yield GaugeMetricFamily(
+            "curation_database_up",
+            "1 while the recorder reaches PostgreSQL.",
+            value=1.0 if self.recorder.database_ok else 0.0,
+        )
+        depth = max(0, self.spool.appended - int(status.get("committed_frames", 0)))
+        yield GaugeMetricFamily(
+            "curation_recorder_queue_depth",
+            "Captures spooled but not yet in PostgreSQL.",
+            value=float(depth),
+        )
+        self.spool.rescan()
+        yield GaugeMetricFamily(
+            "curation_spool_bytes", "Bytes in spool segments.", value=float(self.spool.total_bytes)
         )

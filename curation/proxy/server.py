@@ -20,15 +20,14 @@ from curation.config import Settings
 from curation.db import connect, migrate
 from curation.errors import DatabaseUnavailable, InvalidInput
 from curation.proxy.app import Proxy, build_app
-from curation.proxy.metrics import Metrics
+from curation.proxy.metrics import Metrics, RecorderCollector
+from curation.proxy.recorder import Recorder
 from curation.proxy.serving import ServingTable
 from curation.proxy.spool import Spool
-from curation.proxy.writer import Writer
 
 log = logging.getLogger("curation.proxy")
 
 SHUTDOWN_TIMEOUT = 30.0
-FLUSH_TIMEOUT = 10.0
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -65,13 +64,16 @@ def serve(settings: Settings) -> None:
     spool.open()
     try:
         url = prepare_database(settings)
+        recorder = Recorder(spool.directory, url, spool.first_segment)
+        spool.committed = recorder.committed
+        metrics.registry.register(RecorderCollector(recorder, spool))
         try:
             import uvloop
 
             uvloop.install()
         except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
             pass
-        proxy = Proxy(settings, spool, Writer(spool, url, metrics), metrics, ServingTable(url))
+        proxy = Proxy(settings, spool, recorder, metrics, ServingTable(url))
         asyncio.run(_run(proxy, host, port))
     finally:
         spool.close()
@@ -107,5 +109,6 @@ async def _run(proxy: Proxy, host: str, port: int) -> None:
     await stop.wait()
     log.info("shutting down: finishing in-flight calls")
     await runner.cleanup()
-    flushed = await proxy.writer.stop(FLUSH_TIMEOUT)
-    log.info("stopped", extra={"flushed": flushed, "spool_bytes": proxy.spool.total_bytes})
+    await proxy.recorder.stop()
+    proxy.spool.rescan()
+    log.info("stopped", extra={"spool_bytes": proxy.spool.total_bytes})

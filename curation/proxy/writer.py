@@ -1,7 +1,7 @@
-"""The background writer: spool -> rows -> PostgreSQL, in batches, exactly once.
+"""The writer: spool -> rows -> PostgreSQL, in batches, exactly once.
 
-It runs as a task on the proxy's event loop and yields between small slices
-of work, so parsing never holds up a request for long. PostgreSQL down:
+It runs in the recorder process (see recorder.py), off the proxy's request
+path, and polls the spool. PostgreSQL down:
 it retries with backoff while the spool grows. A batch PostgreSQL refuses
 for its data is retried row by row; rows it still refuses go to
 ``rejected.jsonl`` in the spool directory (kept, counted, logged).
@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -21,31 +22,44 @@ import psycopg
 
 from curation.capture import row as capture_row
 from curation.db import capture as db
-from curation.proxy.metrics import Metrics
-from curation.proxy.spool import Frame, Position, Spool
+from curation.proxy.spool import Frame, Position, SpoolReader
 
 log = logging.getLogger("curation.writer")
 
 BATCH_FRAMES = 1000
 BATCH_BYTES = 16 << 20
 SLICE = 16
-LINGER = 0.05  # group commit: after a wake-up, let a batch fill for this long
+LINGER = 0.05  # group commit: poll the spool this often when caught up
 # A failure on a connection that is still healthy is the data's fault (retry
 # row by row); one that broke the connection means PostgreSQL is away (retry later).
 ConnectionErrors = (psycopg.OperationalError, psycopg.InterfaceError, OSError)
 
 
+@dataclass
+class Stats:
+    """What the writer has done; the recorder publishes it for the proxy's /metrics."""
+
+    database_ok: bool = False
+    rows_written: int = 0
+    write_errors: int = 0
+    rejected: int = 0
+    unrecordable: int = 0
+    torn: int = 0
+    committed_frames: int = 0  # in segments this proxy run appended to
+    committed: tuple[int, int] = (0, 0)
+
+
 class Writer:
-    def __init__(self, spool: Spool, url: str, metrics: Metrics) -> None:
+    def __init__(
+        self, spool: SpoolReader, url: str, stats: Stats | None = None, first_segment: int = 0
+    ) -> None:
         self.spool = spool
         self.url = url
-        self.metrics = metrics
+        self.stats = stats or Stats()
+        self.first_segment = first_segment
         self.known_namespaces: set[str] | None = None
-        self.database_ok = False
-        self.committed_frames = 0
         self._conn: db.AsyncConnection | None = None
         self._committed = Position(0, 0)
-        self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._backoff = 0.1
@@ -54,17 +68,13 @@ class Writer:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="curation-writer")
 
-    def wake(self) -> None:
-        self._wake.set()
-
     @property
-    def backlog(self) -> int:
-        return max(0, self.spool.appended - self.committed_frames)
+    def database_ok(self) -> bool:
+        return self.stats.database_ok
 
     async def stop(self, timeout: float) -> bool:
         """Flush what is spooled (up to ``timeout``); True when nothing is left."""
         self._stopping = True
-        self._wake.set()
         if self._task is None:
             return True
         try:
@@ -91,17 +101,15 @@ class Writer:
             if not frames and end == self._committed:
                 if self._stopping:
                     return
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 0.5)
-                if not self._stopping:
-                    await asyncio.sleep(LINGER)
+                await asyncio.sleep(LINGER)  # group commit: let a batch gather
                 continue
             rows = await self._build(frames)
             if not await self.commit(rows, end):
                 return  # stopping while PostgreSQL is down: the spool keeps the rest
             self._committed = end
-            self.committed_frames += len(frames)
+            self.stats.committed = (end.segment, end.offset)
+            self.stats.committed_frames += sum(1 for f in frames if f.segment >= self.first_segment)
+            self.stats.torn = self.spool.torn
             self.spool.release(end)
 
     async def _read_batch(self) -> list[Frame]:
@@ -139,7 +147,7 @@ class Writer:
                 capture = capture_row.Capture.from_meta(frame.meta, frame.request, frame.response)
                 rows.append(capture_row.build(capture))
             except (capture_row.Unrecordable, KeyError, TypeError, ValueError, OSError) as exc:
-                self.metrics.unrecorded.labels("unrecordable").inc()
+                self.stats.unrecordable += 1
                 self._reject(frame, f"unrecordable: {exc}")
             if i % SLICE == SLICE - 1:
                 await asyncio.sleep(0)
@@ -166,11 +174,11 @@ class Writer:
                     if conn.broken or conn.closed:
                         raise
                     await self._write_one_by_one(conn, rows, end)
-                self.metrics.rows_written.inc(len(rows))
+                self.stats.rows_written += len(rows)
                 self._up()
                 return True
             except (*ConnectionErrors, psycopg.Error) as exc:
-                self.metrics.write_errors.inc()
+                self.stats.write_errors += 1
                 self._down(exc)
                 await self._close()
                 if self._stopping:
@@ -190,7 +198,7 @@ class Writer:
     async def _write_one_by_one(
         self, conn: db.AsyncConnection, rows: Sequence[capture_row.Row], end: Position
     ) -> None:
-        self.metrics.write_errors.inc()
+        self.stats.write_errors += 1
         async with conn.transaction():
             await self._ensure_namespaces(conn, rows)
             for r in rows:
@@ -200,7 +208,7 @@ class Writer:
                 except psycopg.Error as exc:
                     if conn.broken or conn.closed:
                         raise
-                    self.metrics.rejected.inc()
+                    self.stats.rejected += 1
                     self._reject_row(r, str(exc).splitlines()[0])
             await db.set_checkpoint(conn, self.spool.id, end.segment, end.offset, len(rows))
 
@@ -214,20 +222,18 @@ class Writer:
     # -- state -----------------------------------------------------------
 
     def _up(self) -> None:
-        if not self.database_ok:
+        if not self.stats.database_ok:
             log.info("writer connected to PostgreSQL")
-        self.database_ok = True
-        self.metrics.database_up.set(1)
+        self.stats.database_ok = True
         self._backoff = 0.1
 
     def _down(self, exc: BaseException) -> None:
-        if self.database_ok or self._backoff <= 0.1:
+        if self.stats.database_ok or self._backoff <= 0.1:
             log.error(
                 "writer cannot reach PostgreSQL; captures stay in the spool: %s",
                 str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
             )
-        self.database_ok = False
-        self.metrics.database_up.set(0)
+        self.stats.database_ok = False
 
     async def _close(self) -> None:
         conn, self._conn = self._conn, None
