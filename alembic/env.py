@@ -23,6 +23,9 @@ def run() -> None:
         context.configure(connection=connection, transactional_ddl=True)
         with context.begin_transaction():
             context.run_migrations()
+    except BaseException:
+        connection.rollback()  # an aborted transaction would refuse the unlock below
+        raise
     finally:
         connection.execute(text(f"SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
         connection.commit()

@@ -89,3 +89,15 @@ def test_bad_env_value_is_one_line() -> None:
     result = run(None, "config", env={"CURATION_SPOOL_MAX_BYTES": "lots"})
     assert result.exit_code == 2
     assert "CURATION_SPOOL_MAX_BYTES='lots' is not valid" in result.stderr
+
+
+def test_failed_migration_is_one_line_and_changes_nothing(empty_db_url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(empty_db_url, autocommit=True) as c:
+        c.execute("CREATE TABLE namespace (x int)")  # in the way of revision 0001
+    result = run(empty_db_url, "db", "upgrade")
+    assert result.exit_code == 1
+    assert len(result.stderr.strip().splitlines()) == 1 and "migration failed" in result.stderr
+    assert 'relation "namespace" already exists' in result.stderr
+    assert run(empty_db_url, "db", "current").stdout.startswith("empty")

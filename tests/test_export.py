@@ -288,3 +288,21 @@ def test_missing_tiktoken_files_is_one_line(db_url: str, conn: Conn, tmp_path: P
     assert done.returncode == 1
     assert done.stderr.strip().count("\n") == 0, done.stderr
     assert "TIKTOKEN_CACHE_DIR" in done.stderr
+
+
+def test_parallel_export_writes_the_same_files(
+    db_url: str, conn: Conn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from curation.export import run as export_run
+
+    monkeypatch.setattr(export_run, "INLINE_ROWS", 10)
+    monkeypatch.setattr(export_run, "CHUNK_ROWS", 7)
+    for i in range(60):
+        add_row(conn, "locations", f"prompt {i}", "" if i % 17 == 0 else f"answer {i}")
+    with connection(db_url) as c:
+        one = do_export(c, tmp_path / "one", workers=1, validation_fraction=0.2)
+        two = do_export(c, tmp_path / "two", workers=2, validation_fraction=0.2)
+    assert one.sha256 == two.sha256
+    for name in ("train.jsonl", "validation.jsonl"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+    assert one.manifest["skipped"] == two.manifest["skipped"] and len(two.manifest["skipped"]) == 4

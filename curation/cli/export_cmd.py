@@ -36,6 +36,11 @@ def export_options(func: Any) -> Any:
         ),
         click.option("--tag", help="Only rows with this tag, as key=value."),
         click.option("--epochs", type=click.IntRange(1, 50), help="Epochs (default: the model's)."),
+        click.option(
+            "--workers",
+            type=click.IntRange(1, 64),
+            help="Processes for large exports (default: one per CPU, at most 4).",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -74,6 +79,7 @@ def build_request(
         ),
         epochs=options.get("epochs"),
         models_file=app.settings().models_file,
+        workers=options.get("workers"),
     )
 
 

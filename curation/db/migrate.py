@@ -19,7 +19,7 @@ from alembic.script import ScriptDirectory
 
 from alembic import command
 from curation.db.connect import unavailable
-from curation.errors import InvalidInput, SchemaOutdated
+from curation.errors import CurationError, InvalidInput, SchemaOutdated
 
 
 def script_location() -> Path:
@@ -59,6 +59,12 @@ def _alembic(url: str) -> Iterator[tuple[Config, sqlalchemy.Connection]]:
             yield cfg, conn
     except sqlalchemy.exc.OperationalError as exc:
         raise unavailable(url, exc.orig or exc) from exc
+    except sqlalchemy.exc.DBAPIError as exc:
+        first = str(exc.orig or exc).strip().splitlines()[0]
+        raise CurationError(
+            f"migration failed, nothing was changed: {first}; fix the cause (often missing privileges, "
+            "e.g. CREATEROLE for curation_curator) and run curation db upgrade again"
+        ) from exc
     finally:
         engine.dispose()
 

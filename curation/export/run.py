@@ -10,9 +10,13 @@ dataset and its exact row versions are recorded in the same transaction.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import multiprocessing
 import os
 from array import array
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +44,7 @@ class ExportRequest:
     filters: db.Filters = field(default_factory=db.Filters)
     epochs: int | None = None
     models_file: Path | None = None
+    workers: int | None = None  # processes for large exports (None: up to 4, one per CPU)
 
 
 @dataclass
@@ -99,25 +104,16 @@ def export(
     skipped: list[dict[str, Any]] = []
     seen = longest = 0
     try:
-        for row in db.iter_rows(conn, req.namespace, req.filters):
+        for outcome in _outcomes(db.iter_rows(conn, req.namespace, req.filters), req, info):
             seen += 1
             if on_row and seen % 1000 == 0:
                 on_row(1000)
-            try:
-                source, example = _example(row, req)
-                n = tokens.count_example(_countable(example), info.encoding)
-                if n > info.max_example_tokens:
-                    raise examples.Skip(
-                        f"too_long: {n} tokens, over {info.name}'s limit of {info.max_example_tokens}"
-                    )
-            except (examples.Skip, validate.Invalid, ValueError, KeyError, TypeError) as exc:
-                skipped.append({"id": row[0], "reason": str(exc)})
+            if outcome.line is None:
+                skipped.append({"id": outcome.row_id, "reason": outcome.reason})
                 continue
-            longest = max(longest, n)
-            target = (
-                valid if split.is_validation(source.user_prompt, req.validation_fraction) else train
-            )
-            target.add(orjson.dumps(example) + b"\n", source.id, source.version, n)
+            longest = max(longest, outcome.tokens)
+            target = valid if outcome.validation else train
+            target.add(outcome.line, outcome.row_id, outcome.version, outcome.tokens)
         if on_row:
             on_row(seen % 1000)
     except BaseException:
@@ -139,6 +135,71 @@ def export(
     manifest["dataset_id"] = dataset_id
     _finish(train, valid, manifest, req.out_dir)
     return ExportResult(manifest, dataset_id, train.path, valid.path if valid.examples else None)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One row's fate: a JSONL line for a split, or the reason it was skipped."""
+
+    row_id: int
+    version: int
+    line: bytes | None
+    tokens: int = 0
+    validation: bool = False
+    reason: str = ""
+
+
+def process(row: tuple[Any, ...], req: ExportRequest, info: models.ModelInfo) -> Outcome:
+    """Build, validate and count one row's example. Pure but for tiktoken's tables."""
+    try:
+        source, example = _example(row, req)
+        n = tokens.count_example(_countable(example), info.encoding)
+        if n > info.max_example_tokens:
+            raise examples.Skip(
+                f"too_long: {n} tokens, over {info.name}'s limit of {info.max_example_tokens}"
+            )
+    except (examples.Skip, validate.Invalid, ValueError, KeyError, TypeError) as exc:
+        return Outcome(row[0], row[1], None, reason=str(exc))
+    validation = split.is_validation(source.user_prompt, req.validation_fraction)
+    return Outcome(source.id, source.version, orjson.dumps(example) + b"\n", n, validation)
+
+
+def process_chunk(
+    rows: list[tuple[Any, ...]], req: ExportRequest, info: models.ModelInfo
+) -> list[Outcome]:
+    return [process(row, req, info) for row in rows]
+
+
+INLINE_ROWS = 5000  # smaller exports never pay for starting worker processes
+CHUNK_ROWS = 1000
+
+
+def _outcomes(
+    rows: Iterator[tuple[Any, ...]], req: ExportRequest, info: models.ModelInfo
+) -> Iterator[Outcome]:
+    """Every row's outcome, in row order. Past INLINE_ROWS the work spreads over
+    worker processes; at most two chunks per worker are in flight, so memory
+    stays flat, and results are taken in order, so files are deterministic."""
+    workers = req.workers if req.workers is not None else min(4, os.cpu_count() or 1)
+    for _ in range(INLINE_ROWS if workers > 1 else -1):
+        row = next(rows, None)
+        if row is None:
+            return
+        yield process(row, req, info)
+    if workers <= 1:
+        yield from (process(row, req, info) for row in rows)
+        return
+    # spawn, not fork: a forked child could close the parent's PostgreSQL socket at exit
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending: deque[Future[list[Outcome]]] = deque()
+        while True:
+            chunk = list(itertools.islice(rows, CHUNK_ROWS))
+            if chunk:
+                pending.append(pool.submit(process_chunk, chunk, req, info))
+            if pending and (len(pending) >= 2 * workers or not chunk):
+                yield from pending.popleft().result()
+            elif not chunk:
+                return
 
 
 def _example(row: tuple[Any, ...], req: ExportRequest) -> tuple[examples.SourceRow, dict[str, Any]]:
