@@ -326,3 +326,44 @@ def _metrics(proxy: ProxyProcess) -> str:
         while chunk := s.recv(65536):
             data += chunk
     return data.decode()
+
+
+def test_eval_on_a_terminal_shows_progress(
+    db_url: str, conn: Conn, fake_openai: FakeOpenAI
+) -> None:
+    import os
+
+    import pexpect
+
+    from tests.harness import ROOT
+
+    city_rows(conn, 6)
+    fake_openai.answers[FT] = student
+    child = pexpect.spawn(
+        sys.executable,
+        [
+            "-m",
+            "curation",
+            "--database-url",
+            db_url,
+            "eval",
+            "locations",
+            "--model",
+            FT,
+            "--rows",
+            "all-included",
+            "--compare",
+            "json",
+        ],
+        cwd=str(ROOT),
+        env={**os.environ, **env_for(fake_openai)},
+        encoding="utf-8",
+        timeout=60,
+    )
+    child.expect("evaluating")
+    child.expect(r"\b(16|17|33|50|66|67|83)%")  # a bar that knows its length passes through these
+    child.expect("100%")
+    child.expect("agreement_pct")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0

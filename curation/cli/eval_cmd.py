@@ -95,7 +95,11 @@ def run_command(
             outcome = evaluate(conn, provider, request)
         else:
             with click.progressbar(length=1, label="evaluating", file=sys.stderr) as bar:
-                outcome = evaluate(conn, provider, request, on_done=bar.update)
+
+                def start(total: int) -> None:
+                    bar.length = total
+
+                outcome = evaluate(conn, provider, request, on_done=bar.update, on_start=start)
     if as_json:
         click.echo(
             dumps({"run_id": outcome.run_id, "rows": outcome.rows, "models": outcome.models})

@@ -48,7 +48,9 @@ def evaluate(
     provider: Provider,
     req: EvalRequest,
     on_done: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> EvalOutcome:
+    """Replay the rows against every model; ``on_start(calls)`` then ``on_done(1)`` per call."""
     ns = namespaces.get(conn, req.namespace)
     comparator = compare.resolve(req.compare)
     ids, dataset_id = _row_choice(conn, req)
@@ -85,8 +87,11 @@ def evaluate(
             on_done(1)
         return result
 
+    tasks = [(s, m) for s in sources for m in everyone]
+    if on_start:
+        on_start(len(tasks))
     with ThreadPoolExecutor(max_workers=max(1, req.concurrency)) as pool:
-        results = list(pool.map(one, [(s, m) for s in sources for m in everyone]))
+        results = list(pool.map(one, tasks))
     per_model = summary.summarise(results, req.baseline, req.models_file)
     run_id = db.record_run(
         conn,
