@@ -138,7 +138,7 @@ class FakeOpenAI:
                 "invalid_api_key",
                 request_id,
             )
-        forced = request.headers.get("X-Fake-Status")
+        forced = request.headers.get("X-Fake-Status") or ("429" if self._failing("chat") else None)
         if forced:
             status = int(forced)
             kinds = {

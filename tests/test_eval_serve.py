@@ -367,3 +367,28 @@ def test_eval_on_a_terminal_shows_progress(
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+def test_eval_retries_rate_limits(db_url: str, conn: Conn, fake_openai: FakeOpenAI) -> None:
+    city_rows(conn, 4)
+    fake_openai.answers[FT] = student
+    fake_openai.fail["chat"] = 2  # 429 twice (retry-after: 0): within the SDK's two retries
+    result = run(
+        db_url,
+        "eval",
+        "locations",
+        "--model",
+        FT,
+        "--rows",
+        "all-included",
+        "--compare",
+        "json",
+        "--concurrency",
+        "1",
+        "--json",
+        env=env_for(fake_openai),
+    )
+    assert result.exit_code == 0, result.output
+    [report] = json.loads(result.stdout)["models"]
+    assert report["errors"] == 0 and report["agreement_pct"] == 50.0
+    assert len(fake_openai.seen) == 4 + 2

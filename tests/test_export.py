@@ -306,3 +306,43 @@ def test_parallel_export_writes_the_same_files(
     for name in ("train.jsonl", "validation.jsonl"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
     assert one.manifest["skipped"] == two.manifest["skipped"] and len(two.manifest["skipped"]) == 4
+
+
+def test_export_progress_bar_on_a_terminal(db_url: str, conn: Conn, tmp_path: Path) -> None:
+    import os
+    import sys
+
+    import pexpect
+
+    from tests.harness import ROOT
+
+    for i in range(2500):
+        add_row(conn, "locations", f"row {i}")
+    child = pexpect.spawn(
+        sys.executable,
+        [
+            "-m",
+            "curation",
+            "--database-url",
+            db_url,
+            "export",
+            "locations",
+            "--out",
+            str(tmp_path),
+            "--model",
+            "gpt-4o-mini",
+            "--workers",
+            "1",
+        ],
+        cwd=str(ROOT),
+        env=dict(os.environ),
+        encoding="utf-8",
+        timeout=120,
+    )
+    child.expect("exporting")
+    child.expect(r"\b(39|40)%")  # 1,000 of 2,500 rows
+    child.expect("100%")
+    child.expect("wrote")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0

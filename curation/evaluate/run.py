@@ -83,15 +83,19 @@ def evaluate(
                 usage.get("prompt_tokens"),
                 usage.get("completion_tokens"),
             )
-        if on_done:
-            on_done(1)
         return result
 
     tasks = [(s, m) for s in sources for m in everyone]
     if on_start:
         on_start(len(tasks))
+    results = []
     with ThreadPoolExecutor(max_workers=max(1, req.concurrency)) as pool:
-        results = list(pool.map(one, tasks))
+        for result in pool.map(
+            one, tasks
+        ):  # in order, on this thread: progress bars are not thread-safe
+            results.append(result)
+            if on_done:
+                on_done(1)
     per_model = summary.summarise(results, req.baseline, req.models_file)
     run_id = db.record_run(
         conn,
