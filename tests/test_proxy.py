@@ -467,3 +467,56 @@ def metrics(proxy: ProxyProcess) -> str:
     return raw_http(
         proxy.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     ).decode()
+
+
+def start_failure(db_url: str, fake_openai: FakeOpenAI, **env: str) -> Any:
+    import os
+    import subprocess
+    import sys
+
+    from tests.harness import ROOT
+
+    full = {**os.environ, "DATABASE_URL": db_url, "CURATION_UPSTREAM_URL": fake_openai.url, **env}  # type: ignore[attr-defined]
+    return subprocess.run(
+        [sys.executable, "-m", "curation", "proxy"],
+        env=full,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_start_failures_are_one_line(
+    db_url: str, fake_openai: FakeOpenAI, start_proxy: Start, tmp_path: Any
+) -> None:
+    from tests.harness import free_port
+
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    unwritable = start_failure(
+        db_url,
+        fake_openai,
+        CURATION_SPOOL_DIR=str(blocked / "spool"),
+        CURATION_LISTEN=f"127.0.0.1:{free_port()}",
+    )
+    assert unwritable.returncode == 2 and "is not writable" in unwritable.stderr
+    assert len(unwritable.stderr.strip().splitlines()) == 1
+
+    running = start_proxy()
+    shared = start_failure(
+        db_url,
+        fake_openai,
+        CURATION_SPOOL_DIR=str(running.spool_dir),
+        CURATION_LISTEN=f"127.0.0.1:{free_port()}",
+    )
+    assert shared.returncode == 7 and "in use by another proxy" in shared.stderr
+
+    taken = start_failure(
+        db_url,
+        fake_openai,
+        CURATION_SPOOL_DIR=str(tmp_path / "other"),
+        CURATION_LISTEN=f"127.0.0.1:{running.port}",
+    )
+    assert taken.returncode == 2 and "cannot listen on" in taken.stderr
+    assert "Traceback" not in taken.stderr

@@ -89,6 +89,7 @@ async def _run(proxy: Proxy, host: str, port: int) -> None:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
+        await proxy.recorder.stop()
         raise InvalidInput(
             f"cannot listen on {host}:{port}: {exc.strerror}; choose another --listen"
         ) from exc
