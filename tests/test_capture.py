@@ -263,3 +263,31 @@ def test_request_nul_escape_is_made_safe_for_jsonb() -> None:
     built = row.build(c)
     assert "\\u0000" not in built.request and "\\ufffd" in built.request
     assert built.user_prompt == "a\ufffdb"
+
+
+def test_upstream_and_client_headers() -> None:
+    from curation.proxy import routing
+
+    sent = routing.upstream_headers(
+        {
+            "Authorization": "Bearer client",
+            "Host": "proxy",
+            "Connection": "keep-alive",
+            "Content-Length": "3",
+            "X-Curation-Tags": "a=b",
+            "Accept-Encoding": "br, gzip;q=0.8, zstd",
+            "OpenAI-Beta": "x",
+        },
+        None,
+    )
+    assert dict(sent) == {
+        "Authorization": "Bearer client",
+        "Accept-Encoding": "gzip;q=0.8",
+        "OpenAI-Beta": "x",
+    }
+    held = routing.upstream_headers({"Authorization": "Bearer client-key"}, "sk-upstream")
+    assert held["Authorization"] == "Bearer sk-upstream" and held["Accept-Encoding"] == "identity"
+    back = routing.client_headers(
+        {"x-request-id": "r", "Transfer-Encoding": "chunked", "retry-after": "1"}
+    )
+    assert dict(back) == {"x-request-id": "r", "retry-after": "1"}

@@ -10,6 +10,7 @@ in the writer.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import time
@@ -18,14 +19,12 @@ from dataclasses import dataclass, field
 import aiohttp
 import orjson
 from aiohttp import web
-from multidict import CIMultiDict
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from yarl import URL
 
 from curation.capture.rewrite import rewrite
 from curation.capture.row import Capture
 from curation.config import Settings
-from curation.proxy import routing, spool
+from curation.proxy import ops, routing, spool
 from curation.proxy.metrics import Metrics
 from curation.proxy.recorder import Recorder
 from curation.proxy.serving import ServingTable
@@ -70,27 +69,6 @@ class Proxy:
         body = orjson.dumps(routing.error_body(message, code, kind))
         return web.Response(status=status, body=body, content_type="application/json")
 
-    def forward_headers(self, request: web.Request) -> CIMultiDict[str]:
-        headers: CIMultiDict[str] = CIMultiDict()
-        for key, value in request.headers.items():
-            low = key.lower()
-            if low in routing.HOP_BY_HOP or low in routing.CURATION_HEADERS:
-                continue
-            if low == "accept-encoding":
-                value = routing.accept_encoding(value)
-            headers.add(key, value)
-        if "accept-encoding" not in headers:
-            headers["Accept-Encoding"] = "identity"
-        if self.settings.proxy_keys:
-            headers["Authorization"] = f"Bearer {self.settings.openai_api_key or ''}"
-        return headers
-
-    @staticmethod
-    def back_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
-        return CIMultiDict(
-            (k, v) for k, v in upstream.headers.items() if k.lower() not in routing.HOP_BY_HOP
-        )
-
     def authorized(self, request: web.Request) -> bool:
         if not self.settings.proxy_keys:
             return True
@@ -110,29 +88,6 @@ class Proxy:
         self.metrics.spooled.inc()
 
     # -- operations endpoints ------------------------------------------
-
-    async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def readyz(self, request: web.Request) -> web.Response:
-        self.spool.rescan()
-        over = self.spool.total_bytes >= self.spool.max_bytes * 0.9
-        database_ok = self.recorder.database_ok
-        ready = database_ok and not over
-        body = {
-            "status": "ready" if ready else "degraded",
-            "database": "ok" if database_ok else "unreachable",
-            "recorder": "running" if self.recorder.alive else "not running",
-            "spool_bytes": self.spool.total_bytes,
-            "spool_max_bytes": self.spool.max_bytes,
-        }
-        return web.json_response(body, status=200 if ready else 503)
-
-    async def metrics_endpoint(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(self.metrics.registry),
-            headers={"Content-Type": CONTENT_TYPE_LATEST},
-        )
 
     # -- the proxy -------------------------------------------------------
 
@@ -193,7 +148,10 @@ class Proxy:
                 request.method,
                 url,
                 data=forwarded,
-                headers=self.forward_headers(request),
+                headers=routing.upstream_headers(
+                    request.headers,
+                    self.settings.openai_api_key if self.settings.proxy_keys else None,
+                ),
                 allow_redirects=False,
             )
         except TimeoutError:
@@ -284,7 +242,7 @@ class Proxy:
             else:
                 self.metrics.unrecorded.labels("status").inc()
         response = web.Response(
-            status=upstream.status, body=data, headers=self.back_headers(upstream)
+            status=upstream.status, body=data, headers=routing.client_headers(upstream.headers)
         )
         self._done(call, upstream.status, t_done, time.perf_counter() - t_done)
         return response
@@ -294,7 +252,9 @@ class Proxy:
     ) -> web.StreamResponse:
         call.kind += "_stream"
         record = call.record and 200 <= upstream.status < 300
-        response = web.StreamResponse(status=upstream.status, headers=self.back_headers(upstream))
+        response = web.StreamResponse(
+            status=upstream.status, headers=routing.client_headers(upstream.headers)
+        )
         chunks: list[bytes] = []
         spooled = False
         try:
@@ -392,9 +352,9 @@ def upstream_raw_path(raw_path: str) -> str:
 
 def build_app(proxy: Proxy) -> web.Application:
     app = web.Application(client_max_size=proxy.settings.max_body_bytes + 1)
-    app.router.add_get("/healthz", proxy.healthz)
-    app.router.add_get("/readyz", proxy.readyz)
-    app.router.add_get("/metrics", proxy.metrics_endpoint)
+    app.router.add_get("/healthz", ops.healthz)
+    app.router.add_get("/readyz", functools.partial(ops.readyz, proxy))
+    app.router.add_get("/metrics", functools.partial(ops.metrics, proxy))
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     app.on_startup.append(proxy.on_startup)
     app.on_cleanup.append(proxy.on_cleanup)

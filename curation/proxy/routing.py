@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+from multidict import CIMultiDict
 
 from curation import names
 
@@ -65,6 +68,28 @@ def route(method: str, path: str, header_namespace: str | None, default_namespac
         )
     record = method == "POST" and path.rstrip("/") == CHAT_PATH
     return Route(upstream_path=path, namespace=namespace, record=record)
+
+
+def upstream_headers(headers: Mapping[str, str], upstream_key: str | None) -> CIMultiDict[str]:
+    """The client's headers as they go upstream: hop-by-hop and X-Curation-* out,
+    encodings narrowed to what the recorder decodes, and in proxy-keys mode the
+    proxy's own upstream key in place of the client's."""
+    out: CIMultiDict[str] = CIMultiDict()
+    for key, value in headers.items():
+        low = key.lower()
+        if low in HOP_BY_HOP or low in CURATION_HEADERS:
+            continue
+        out.add(key, accept_encoding(value) if low == "accept-encoding" else value)
+    if "accept-encoding" not in out:
+        out["Accept-Encoding"] = "identity"
+    if upstream_key is not None:
+        out["Authorization"] = f"Bearer {upstream_key}"
+    return out
+
+
+def client_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
+    """The upstream's response headers as the client gets them: all but hop-by-hop."""
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP)
 
 
 def accept_encoding(value: str | None) -> str:
