@@ -129,3 +129,19 @@ def test_db_psql_opens_the_configured_database(db_url: str) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "0"
     assert db_url not in done.stdout + done.stderr
+
+
+def test_flags_override_the_environment() -> None:
+    env = {"OPENAI_BASE_URL": "https://env.example/v1", "CURATION_LOG_LEVEL": "DEBUG"}
+    result = run(
+        None,
+        "--openai-base-url",
+        "https://flag.example/v1",
+        "--log-level",
+        "WARNING",
+        "config",
+        "--json",
+        env=env,
+    )
+    data = json.loads(result.stdout)
+    assert data["openai_base_url"] == "https://flag.example/v1" and data["log_level"] == "WARNING"

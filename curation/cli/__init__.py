@@ -39,11 +39,37 @@ class CurationGroup(click.Group):
     type=click.Path(path_type=Path, file_okay=False),
     help="Where the embedded database and spool live [env: CURATION_DATA_DIR].",
 )
+@click.option("--openai-base-url", help="Fine-tuning/eval provider [env: OPENAI_BASE_URL].")
+@click.option(
+    "--models-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Extra model limits and prices [env: CURATION_MODELS_FILE].",
+)
+@click.option("--log-level", help="Log level [env: CURATION_LOG_LEVEL; INFO].")
 @click.version_option(__version__, prog_name="curation")
 @click.pass_context
-def main(ctx: click.Context, database_url: str | None, data_dir: Path | None) -> None:
-    """Capture LLM traffic in Postgres, curate it, fine-tune cheaper models on it."""
-    ctx.obj = AppContext({"database_url": database_url, "data_dir": data_dir})
+def main(
+    ctx: click.Context,
+    database_url: str | None,
+    data_dir: Path | None,
+    openai_base_url: str | None,
+    models_file: Path | None,
+    log_level: str | None,
+) -> None:
+    """Capture LLM traffic in Postgres, curate it, fine-tune cheaper models on it.
+
+    Secrets (OPENAI_API_KEY, CURATION_PROXY_KEYS) are read from the environment
+    only: a flag would show them to every user of the machine in `ps`.
+    """
+    ctx.obj = AppContext(
+        {
+            "database_url": database_url,
+            "data_dir": data_dir,
+            "openai_base_url": openai_base_url,
+            "models_file": models_file,
+            "log_level": log_level,
+        }
+    )
 
 
 def _register() -> None:

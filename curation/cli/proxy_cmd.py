@@ -38,6 +38,26 @@ from curation.config import parse_size
     default=None,
     help="Log every request [env: CURATION_ACCESS_LOG; off].",
 )
+@click.option(
+    "--spool-fsync/--no-spool-fsync",
+    default=None,
+    help="fsync every capture [env: CURATION_SPOOL_FSYNC; off].",
+)
+@click.option(
+    "--connect-timeout",
+    type=float,
+    help="Upstream connect timeout, s [env: CURATION_UPSTREAM_CONNECT_TIMEOUT; 10].",
+)
+@click.option(
+    "--read-timeout",
+    type=float,
+    help="Longest upstream silence, s [env: CURATION_UPSTREAM_READ_TIMEOUT; 600].",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1),
+    help="Upstream pool size [env: CURATION_UPSTREAM_MAX_CONNECTIONS; 256].",
+)
 @pass_app
 def proxy(
     app: AppContext,
@@ -49,6 +69,10 @@ def proxy(
     spool_max_bytes: str | None,
     max_body_bytes: str | None,
     access_log: bool | None,
+    spool_fsync: bool | None,
+    connect_timeout: float | None,
+    read_timeout: float | None,
+    max_connections: int | None,
 ) -> None:
     """Run the OpenAI-compatible proxy that records chat completions.
 
@@ -67,6 +91,10 @@ def proxy(
         spool_max_bytes=parse_size(spool_max_bytes) if spool_max_bytes else None,
         max_body_bytes=parse_size(max_body_bytes) if max_body_bytes else None,
         access_log=access_log,
+        spool_fsync=spool_fsync,
+        upstream_connect_timeout=connect_timeout,
+        upstream_read_timeout=read_timeout,
+        upstream_max_connections=max_connections,
     )
     serve(settings)
 
