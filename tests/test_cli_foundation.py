@@ -145,3 +145,8 @@ def test_flags_override_the_environment() -> None:
     )
     data = json.loads(result.stdout)
     assert data["openai_base_url"] == "https://flag.example/v1" and data["log_level"] == "WARNING"
+
+
+def test_bad_size_flag_is_a_usage_error() -> None:
+    result = run(None, "proxy", "--spool-max-bytes", "lots")
+    assert result.exit_code == 2 and "'lots' is not a size" in result.stderr

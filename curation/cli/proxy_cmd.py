@@ -8,6 +8,22 @@ from curation.cli.context import AppContext, pass_app
 from curation.config import parse_size
 
 
+class Size(click.ParamType[int]):
+    """'32MiB', '1G', '500k' or plain bytes."""
+
+    name = "size"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is not a size (e.g. 32MiB, 1G, 500k, 4096)", param, ctx)
+
+
 @click.command("proxy")
 @click.option("--listen", help="HOST:PORT to listen on [env: CURATION_LISTEN; 127.0.0.1:8080].")
 @click.option(
@@ -29,7 +45,9 @@ from curation.config import parse_size
     type=click.Path(path_type=Path, file_okay=False),
     help="Spool folder [env: CURATION_SPOOL_DIR; <data dir>/spool].",
 )
-@click.option("--spool-max-bytes", help="Spool cap, e.g. 1GiB [env: CURATION_SPOOL_MAX_BYTES].")
+@click.option(
+    "--spool-max-bytes", type=Size(), help="Spool cap, e.g. 1GiB [env: CURATION_SPOOL_MAX_BYTES]."
+)
 @click.option(
     "--max-body-bytes", help="Largest request body, e.g. 32MiB [env: CURATION_MAX_BODY_BYTES]."
 )
@@ -66,8 +84,8 @@ def proxy(
     default_namespace: str | None,
     create_namespaces: bool | None,
     spool_dir: Path | None,
-    spool_max_bytes: str | None,
-    max_body_bytes: str | None,
+    spool_max_bytes: int | None,
+    max_body_bytes: int | None,
     access_log: bool | None,
     spool_fsync: bool | None,
     connect_timeout: float | None,
@@ -88,8 +106,8 @@ def proxy(
         default_namespace=default_namespace,
         create_namespaces=create_namespaces,
         spool_dir=spool_dir,
-        spool_max_bytes=parse_size(spool_max_bytes) if spool_max_bytes else None,
-        max_body_bytes=parse_size(max_body_bytes) if max_body_bytes else None,
+        spool_max_bytes=spool_max_bytes,
+        max_body_bytes=max_body_bytes,
         access_log=access_log,
         spool_fsync=spool_fsync,
         upstream_connect_timeout=connect_timeout,
