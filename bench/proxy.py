@@ -278,7 +278,7 @@ def main() -> None:
         f"curation proxy benchmark: upstream latency {DELAY * ms:.0f} ms, half of all calls streamed, "
         f"2 kB system prompt, {os.cpu_count()} CPUs, "
         + (
-            "load generator + fake upstream pinned to CPU 0, proxy to CPU 1, PostgreSQL unpinned"
+            "load generator + fake upstream pinned to CPU 0, proxy to CPU 1, its recorder and PostgreSQL unpinned"
             if PIN
             else "nothing pinned"
         )
