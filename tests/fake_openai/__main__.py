@@ -1,0 +1,3 @@
+from tests.fake_openai import main
+
+main()
