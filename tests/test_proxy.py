@@ -436,6 +436,7 @@ def test_health_ready_metrics(start_proxy: Start, db_url: str) -> None:
         "curation_added_latency_seconds_bucket",
         "curation_upstream_latency_seconds",
         "curation_recorder_queue_depth 0.0",
+        "curation_recorder_queue_bytes 0.0",
         "curation_spool_bytes",
         "curation_write_errors_total 0.0",
         "curation_dropped_total",

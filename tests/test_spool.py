@@ -112,3 +112,17 @@ def test_seek_never_goes_backwards(tmp_path: Path) -> None:
     r.read(10, 1 << 20)
     r.seek(Position(0, 0))
     assert r.read(10, 1 << 20) == []
+
+
+def test_bytes_after_a_position(tmp_path: Path) -> None:
+    s = opened(tmp_path, segment_bytes=100)
+    r = reader(tmp_path)
+    for i in range(5):
+        s.append(frame(i, 40))
+    assert s.bytes_after(None) == s.total_bytes
+    r.read(2, 1 << 20)
+    assert s.bytes_after(r.read_position) == s.total_bytes - sum(
+        len(frame(i, 40)) for i in range(2)
+    )
+    r.read(10, 1 << 20)
+    assert s.bytes_after(r.read_position) == 0

@@ -204,6 +204,14 @@ class Spool(_Directory):
     def total_bytes(self) -> int:
         return sum(self._sizes.values())
 
+    def bytes_after(self, position: Position | None) -> int:
+        """Spooled bytes past ``position`` (the recorder's checkpoint): its exact backlog."""
+        sizes = self.on_disk()
+        if position is None:
+            return sum(sizes.values())
+        later = sum(size for seg, size in sizes.items() if seg > position.segment)
+        return later + max(0, sizes.get(position.segment, 0) - position.offset)
+
     def _drop_oldest(self) -> None:
         while self.total_bytes > self.max_bytes:
             oldest = min(self._sizes)
