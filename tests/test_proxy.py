@@ -521,3 +521,28 @@ def test_start_failures_are_one_line(
     )
     assert taken.returncode == 2 and "cannot listen on" in taken.stderr
     assert "Traceback" not in taken.stderr
+
+
+def test_pool_limit_bounds_the_wait(start_proxy: Start, db_url: str) -> None:
+    import threading
+
+    proxy = start_proxy(
+        CURATION_UPSTREAM_MAX_CONNECTIONS="1", CURATION_UPSTREAM_CONNECT_TIMEOUT="0.5"
+    )
+    slow = threading.Thread(
+        target=lambda: client(proxy).chat.completions.create(
+            model="gpt-4o-mini",
+            messages=ask("holds the only connection"),
+            extra_headers={"X-Fake-Delay": "3"},
+        )
+    )
+    slow.start()
+    import time
+
+    time.sleep(0.5)
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as info:
+        client(proxy).chat.completions.create(model="gpt-4o-mini", messages=ask("waits for it"))
+    assert info.value.status_code == 504 and time.monotonic() - started < 2.5
+    slow.join(10)
+    assert [r["user_prompt"] for r in rows(db_url)] == ["holds the only connection"]

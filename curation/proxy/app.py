@@ -322,8 +322,13 @@ class Proxy:
             keepalive_timeout=60,
             enable_cleanup_closed=True,
         )
+        # connect also bounds the wait for a free pooled connection: over the pool limit,
+        # a call waits at most that long and then gets an OpenAI-shaped 504
         timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=s.upstream_connect_timeout, sock_read=s.upstream_read_timeout
+            total=None,
+            connect=s.upstream_connect_timeout,
+            sock_connect=s.upstream_connect_timeout,
+            sock_read=s.upstream_read_timeout,
         )
         self.session = aiohttp.ClientSession(
             connector=connector,
