@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +155,3 @@ def _source(row: dict[str, Any]) -> examples.SourceRow:
         if row["corrected_response"]
         else None,
     )
-
-
-def as_dict(outcome: EvalOutcome) -> dict[str, Any]:
-    return asdict(outcome)

@@ -101,12 +101,12 @@ class RecorderCollector(Collector):
             "Captures spooled but not yet in PostgreSQL.",
             value=float(depth),
         )
+        self.spool.rescan()  # once per scrape: the recorder deletes what it has written
         yield GaugeMetricFamily(
             "curation_recorder_queue_bytes",
             "Spooled bytes not yet in PostgreSQL (exact, also across recorder restarts).",
             value=float(self.spool.bytes_after(self.recorder.committed())),
         )
-        self.spool.rescan()
         yield GaugeMetricFamily(
             "curation_spool_bytes", "Bytes in spool segments.", value=float(self.spool.total_bytes)
         )

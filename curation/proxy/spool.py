@@ -21,7 +21,6 @@ frames are counted as dropped): the proxy keeps serving, the newest data wins.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import logging
 import os
@@ -72,10 +71,6 @@ def _lengths(header: bytes) -> tuple[int, int, int] | None:
     except ValueError:
         return None
     return (a, b, c) if min(a, b, c) >= 0 else None
-
-
-def is_disk_full(exc: OSError) -> bool:
-    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 class _Directory:
@@ -205,8 +200,9 @@ class Spool(_Directory):
         return sum(self._sizes.values())
 
     def bytes_after(self, position: Position | None) -> int:
-        """Spooled bytes past ``position`` (the recorder's checkpoint): its exact backlog."""
-        sizes = self.on_disk()
+        """Spooled bytes past ``position`` (the recorder's checkpoint): its exact backlog.
+        Call ``rescan`` first to see the recorder's deletions."""
+        sizes = self._sizes
         if position is None:
             return sum(sizes.values())
         later = sum(size for seg, size in sizes.items() if seg > position.segment)
