@@ -16,7 +16,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tests import pg
-from tests.cli import run, run_json
+from tests.cli import run, run_json, spawn
 from tests.factories import add_row
 from tests.harness import query
 
@@ -301,18 +301,7 @@ def test_purge(db_url: str, conn: Conn) -> None:
 
 
 def review(db_url: str, curator: str = "rev", env: dict[str, str] | None = None) -> Any:
-    import os
-
-    import pexpect
-
-    return pexpect.spawn(
-        sys.executable,
-        ["-m", "curation", "--database-url", db_url, "review", "locations", "--curator", curator],
-        cwd=str(pg.ROOT),
-        encoding="utf-8",
-        timeout=30,
-        env={**os.environ, **(env or {})},
-    )
+    return spawn(db_url, "review", "locations", "--curator", curator, env=env, timeout=30)
 
 
 def test_review_interactively(db_url: str, conn: Conn) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 from openai import OpenAI
 
-from tests.cli import run
+from tests.cli import run, spawn
 from tests.factories import LONG_PROMPT, add_row
 from tests.fake_openai import FakeOpenAI
 from tests.harness import ProxyProcess, query, wait_for
@@ -331,34 +331,22 @@ def _metrics(proxy: ProxyProcess) -> str:
 def test_eval_on_a_terminal_shows_progress(
     db_url: str, conn: Conn, fake_openai: FakeOpenAI
 ) -> None:
-    import os
 
     import pexpect
 
-    from tests.harness import ROOT
-
     city_rows(conn, 6)
     fake_openai.answers[FT] = student
-    child = pexpect.spawn(
-        sys.executable,
-        [
-            "-m",
-            "curation",
-            "--database-url",
-            db_url,
-            "eval",
-            "locations",
-            "--model",
-            FT,
-            "--rows",
-            "all-included",
-            "--compare",
-            "json",
-        ],
-        cwd=str(ROOT),
-        env={**os.environ, **env_for(fake_openai)},
-        encoding="utf-8",
-        timeout=60,
+    child = spawn(
+        db_url,
+        "eval",
+        "locations",
+        "--model",
+        FT,
+        "--rows",
+        "all-included",
+        "--compare",
+        "json",
+        env=env_for(fake_openai),
     )
     child.expect("evaluating")
     child.expect(r"\b(16|17|33|50|66|67|83)%")  # a bar that knows its length passes through these

@@ -14,7 +14,7 @@ import tiktoken
 from curation.db.connect import connection
 from curation.export import models, tokens
 from curation.export.run import ExportRequest, export
-from tests.cli import run
+from tests.cli import run, spawn
 from tests.factories import LONG_PROMPT, add_row
 
 SHORT = "Return the locations mentioned, as a JSON list."
@@ -309,34 +309,21 @@ def test_parallel_export_writes_the_same_files(
 
 
 def test_export_progress_bar_on_a_terminal(db_url: str, conn: Conn, tmp_path: Path) -> None:
-    import os
-    import sys
 
     import pexpect
 
-    from tests.harness import ROOT
-
     for i in range(2500):
         add_row(conn, "locations", f"row {i}")
-    child = pexpect.spawn(
-        sys.executable,
-        [
-            "-m",
-            "curation",
-            "--database-url",
-            db_url,
-            "export",
-            "locations",
-            "--out",
-            str(tmp_path),
-            "--model",
-            "gpt-4o-mini",
-            "--workers",
-            "1",
-        ],
-        cwd=str(ROOT),
-        env=dict(os.environ),
-        encoding="utf-8",
+    child = spawn(
+        db_url,
+        "export",
+        "locations",
+        "--out",
+        str(tmp_path),
+        "--model",
+        "gpt-4o-mini",
+        "--workers",
+        "1",
         timeout=120,
     )
     child.expect("exporting")
