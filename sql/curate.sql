@@ -3,7 +3,8 @@
 --   \set t locations_openai_chat_completion
 --
 -- Every change is recorded in curation_audit (by trigger) with your database
--- user; `curation history locations ID` or the last snippet shows it.
+-- login, and as changed_by the name you SET curation.curator to (else the
+-- login); `curation history locations ID` or the last snippet shows it.
 -- Each snippet below is run by tests/test_curate.py.
 
 -- name: pending
@@ -51,7 +52,7 @@ FROM :"t";
 
 -- name: history
 -- Who changed what, newest first (\set id 17).
-SELECT changed_at, changed_by, column_name, old_value, new_value
+SELECT changed_at, changed_by, login, column_name, old_value, new_value
 FROM curation_audit
 WHERE namespace = (SELECT namespace FROM :"t" LIMIT 1) AND row_id = :id
 ORDER BY id DESC;

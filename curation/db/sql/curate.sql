@@ -47,7 +47,7 @@ UPDATE {table} SET corrected_response = %(correction)s::json WHERE id = %(id)s
 SELECT set_config('curation.curator', %(curator)s, true)
 
 -- name: history
-SELECT id, column_name, old_value, new_value, changed_by, changed_at
+SELECT id, column_name, old_value, new_value, changed_by, login, changed_at
 FROM curation_audit WHERE namespace = %(namespace)s AND row_id = %(id)s
 ORDER BY id
 
