@@ -2,10 +2,11 @@
 
     CurationError                 a user-facing failure: one line, an exit code
      +-- InvalidInput             bad name, bad flag value, bad file (exit 2)
+     |    +-- TooFewExamples      a dataset OpenAI would refuse (exit 11)
      +-- NotFound                 unknown namespace, row or job (exit 3)
      +-- DatabaseUnavailable      cannot connect (exit 4)
      +-- SchemaOutdated           migrations pending (exit 5)
-     |    +-- TooFewExamples      a dataset OpenAI would refuse (exit 11)
+     +-- PermissionDenied         the database login lacks a privilege (exit 6)
      +-- UpstreamError            the model provider failed or refused, a job failed (exit 12)
      +-- Conflict                 the state forbids it: wrong state (exit 7)
           +-- Busy                another run holds the namespace's lock (exit 13)
@@ -41,6 +42,10 @@ class DatabaseUnavailable(CurationError):
 
 class SchemaOutdated(CurationError):
     exit_code = 5
+
+
+class PermissionDenied(CurationError):
+    exit_code = 6
 
 
 class TooFewExamples(InvalidInput):

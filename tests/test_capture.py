@@ -291,3 +291,91 @@ def test_upstream_and_client_headers() -> None:
         {"x-request-id": "r", "Transfer-Encoding": "chunked", "retry-after": "1"}
     )
     assert dict(back) == {"x-request-id": "r", "retry-after": "1"}
+
+
+OK_RESPONSE = b'{"id": "c", "model": "m", "choices": [{"index": 0, "message": {"content": "a"}}]}'
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "a", "tool_calls": "zz"},
+        ],
+        [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "tool_calls": [{"function": "f"}]},
+        ],
+        [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": [None]}],
+        [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": [{"function": 7}]}],
+        [{"role": 5, "content": {"a": 1}}, {"role": ["x"], "content": 3.5}],
+        [{"role": "user", "content": [None, 1, {"type": 3}, {"text": {"x": 1}}]}, "junk", 7],
+        [{"role": "system", "content": ["a", {"text": None}]}, {"role": "user"}],
+    ],
+)
+def test_odd_request_shapes_become_rows(messages: list[object]) -> None:
+    built = row.build(capture({"model": "x", "messages": messages}, OK_RESPONSE))
+    assert isinstance(built.user_prompt, str) and built.model == "m"
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        {"model": "m", "choices": [], "usage": "lots"},
+        {"model": "m", "choices": [], "usage": {"prompt_tokens": "3", "completion_tokens": True}},
+        {"model": "m", "choices": [], "usage": {"prompt_tokens": 2**40, "completion_tokens": -1.5}},
+        {"model": {"x": 1}, "choices": [None, 3]},
+        {"model": "a\x00b", "choices": []},
+    ],
+)
+def test_odd_response_shapes_become_rows(response: dict[str, object]) -> None:
+    built = row.build(capture({"model": "x", "messages": []}, orjson.dumps(response)))
+    assert built.prompt_tokens is None or isinstance(built.prompt_tokens, int)
+    assert built.model is None or (isinstance(built.model, str) and "\x00" not in built.model)
+    assert built.prompt_tokens is None or -(2**31) <= built.prompt_tokens < 2**31
+
+
+def raw_sse(*lines: bytes) -> bytes:
+    return b"".join(b"data: " + line + b"\n\n" for line in lines) + b"data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        raw_sse(b"[1,2]"),
+        raw_sse(b'{"choices": "x"}'),
+        raw_sse(b'{"choices": [null, 1, "a"]}'),
+        raw_sse(b'{"choices": [{"index": "zero", "delta": "x"}]}'),
+        raw_sse(b'{"choices": [{"index": 100000000000, "delta": {}}]}'),
+        raw_sse(b'{"choices": [{"index": -3, "delta": {"content": 5}}]}'),
+        raw_sse(b'{"choices": [{"delta": {"tool_calls": "zz"}}]}'),
+        raw_sse(
+            b'{"choices": [{"delta": {"tool_calls": [null, {"index": "a", "function": "f"}]}}]}'
+        ),
+        raw_sse(b'{"choices": [{"delta": {"function_call": "f", "role": 3}}]}'),
+        raw_sse(b'{"choices": [{"delta": {}, "logprobs": [1]}]}'),
+        raw_sse(b'{"choices": [{"delta": {}}], "usage": "lots"}'),
+        raw_sse(b"not json"),
+        raw_sse(b'{"choices": [{"delta": {"content": "a"}}]}', b'"str"'),
+        b"data: \xff\xfe\n\ndata: [DONE]\n\n",
+    ],
+)
+def test_odd_streams_become_rows_or_unrecordable(body: bytes) -> None:
+    c = capture({"model": "x", "messages": []}, body, streamed=True)
+    try:
+        built = row.build(c)
+    except row.Unrecordable:
+        return
+    assert json.loads(built.response)["object"] == "chat.completion"
+
+
+def test_gzip_bomb_is_unrecordable() -> None:
+    bomb = gzip.compress(b" " * (row.MAX_DECODED + 1), compresslevel=1)
+    with pytest.raises(row.Unrecordable, match="over"):
+        row.build(capture({"messages": []}, bomb, encoding="gzip"))
+
+
+def test_broken_gzip_is_unrecordable() -> None:
+    with pytest.raises(row.Unrecordable):
+        row.build(capture({"messages": []}, b"\x1f\x8bnot gzip", encoding="gzip"))

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from tests.cli import run, run_json
 
@@ -149,4 +152,113 @@ def test_flags_override_the_environment() -> None:
 
 def test_bad_size_flag_is_a_usage_error() -> None:
     result = run(None, "proxy", "--spool-max-bytes", "lots")
-    assert result.exit_code == 2 and "'lots' is not a size" in result.stderr
+    assert result.exit_code == 2
+    assert "'--spool-max-bytes': 'lots' is not valid: expected a size" in result.stderr
+
+
+PASSWORD_FORMS = [
+    ("postgresql://u@db/prod?password=X1secret", "postgresql://u@db/prod?password=****"),
+    (
+        "postgresql://u:X1secret@db/prod?sslmode=require&sslpassword=X1secret",
+        "postgresql://u:****@db/prod?sslmode=require&sslpassword=****",
+    ),
+    ("postgresql://u@db/prod?pass%77ord=X1secret", "postgresql://u@db/prod?pass%77ord=****"),
+    ("host=db password=X1secret dbname=prod", "host=db password=**** dbname=prod"),
+    ("host=db password = 'X1 secret\\' x' dbname=prod", "host=db password = **** dbname=prod"),
+    ("host=db sslpassword=X1secret", "host=db sslpassword=****"),
+]
+
+
+@pytest.mark.parametrize(("url", "masked"), PASSWORD_FORMS)
+def test_config_masks_every_password_form(url: str, masked: str) -> None:
+    from curation.config import mask_url
+
+    assert mask_url(url) == masked
+    shown = run(None, "config", "--json", env={"DATABASE_URL": url})
+    assert json.loads(shown.stdout)["database_url"] == masked
+    assert "X1" not in shown.output
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u@127.0.0.1:1/prod?password=X1secret",
+        "postgresql://u@127.0.0.1:1/prod?sslpassword=X1secret&password=X1secret",
+        "host=127.0.0.1 port=1 password=X1secret",
+        "host=127.0.0.1 port=1 password='X1secret'",
+        "http://u:X1secret@127.0.0.1:1/prod",
+    ],
+)
+def test_cannot_connect_masks_every_password_form(url: str) -> None:
+    result = run(url, "ns", "list")
+    assert result.exit_code in (2, 4)  # 2: not a PostgreSQL URL at all
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "X1secret" not in result.output
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://alice:X1secret@db.example:5433/prod",
+        "postgresql://alice@db.example:5433/prod?password=X1secret&sslmode=require",
+        "host=db.example port=5433 user=alice password=X1secret dbname=prod",
+    ],
+)
+def test_psql_gets_the_password_in_its_environment_not_its_argv(url: str) -> None:
+    from psycopg import conninfo
+
+    from curation.cli.db_cmd import psql_command
+
+    argv, env = psql_command("/usr/bin/psql", url, ("-c", "SELECT 1"))
+    assert not any("X1secret" in arg for arg in argv)
+    assert env == {"PGPASSWORD": "X1secret"}
+    target = conninfo.conninfo_to_dict(argv[1])
+    assert (target["host"], target["port"], target["user"], target["dbname"]) == (
+        "db.example",
+        "5433",
+        "alice",
+        "prod",
+    )
+    assert argv[0] == "/usr/bin/psql" and argv[2:] == ["-c", "SELECT 1"]
+
+
+def test_psql_running_shows_no_password_in_ps(db_url: str) -> None:
+    """The real thing: psql's command line (what ps shows) against its environment."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from psycopg import conninfo
+
+    from tests.harness import ROOT
+
+    url = conninfo.make_conninfo(db_url, password="X1secret")  # trust auth: ignored
+    child = subprocess.Popen(
+        [sys.executable, "-m", "curation", "db", "psql", "-XAtc", "SELECT pg_sleep(3)"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc = Path(f"/proc/{child.pid}")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if (proc / "cmdline").read_bytes().split(b"\0")[0].endswith(b"psql"):
+            break
+        time.sleep(0.05)  # still python, until it execs psql in the same process
+    cmdline, environ = (proc / "cmdline").read_bytes(), (proc / "environ").read_bytes()
+    out, err = child.communicate(timeout=30)
+    assert child.returncode == 0, err
+    assert out.strip() == b""  # pg_sleep returns void
+    assert cmdline.split(b"\0")[0].endswith(b"psql") and b"X1secret" not in cmdline
+    assert b"PGPASSWORD=X1secret" in environ.split(b"\0")
+
+
+def test_visible_escapes_control_characters_and_keeps_text() -> None:
+    from curation.cli.output import cell, visible
+
+    hostile = "a\u001b]0;title\u0007\u001b[2J\tb\nc\u202ed\x9b é中"
+    assert visible(hostile) == "a\\x1b]0;title\\x07\\x1b[2J\tb\nc\\u202ed\\x9b é中"
+    assert cell(hostile) == "a\\x1b]0;title\\x07\\x1b[2J b c\\u202ed\\x9b é中"
+    assert visible(None) == "None" and visible(3) == "3"

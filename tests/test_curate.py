@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
@@ -372,3 +373,29 @@ def test_two_curators_never_see_the_same_row(db_url: str, conn: Conn) -> None:
     }
     assert sorted(who.values()) == ["one", "two"]
     json.dumps(who)
+
+
+TITLE_AND_CLEAR = "look\u001b]0;title\u0007\u001b[2J here"
+SHOWN = "look\\x1b]0;title\\x07\\x1b[2J here"
+
+
+def test_captured_control_characters_are_shown_not_obeyed(db_url: str, conn: Conn) -> None:
+    row = add_row(conn, "locations", TITLE_AND_CLEAR, "red\u001b[31m answer", included=False)
+    for args in (("show", "locations", str(row)), ("list", "locations")):
+        out = run(db_url, *args).stdout
+        assert SHOWN in out and "red\\x1b[31m answer" in out
+        assert "\x1b" not in out and "\x07" not in out
+    assert run_json(db_url, "show", "locations", str(row))["user_prompt"] == TITLE_AND_CLEAR
+    child = review(db_url)  # on a real terminal: only click's own styling may reach it
+    child.logfile_read = seen = io.StringIO()
+    child.expect(r"\[q\]uit\? ")
+    child.send("q")
+    child.expect(pexpect_eof())
+    assert SHOWN in seen.getvalue()
+    assert "\x1b]0;" not in seen.getvalue() and "\x07" not in seen.getvalue()
+
+
+def test_stats_of_an_unknown_namespace_exits_like_list(db_url: str) -> None:
+    listed, stats = run(db_url, "list", "nosuchns"), run(db_url, "stats", "nosuchns")
+    assert stats.exit_code == listed.exit_code == 3
+    assert "unknown namespace 'nosuchns'" in stats.stderr

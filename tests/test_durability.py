@@ -10,12 +10,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
+import orjson
 from openai import OpenAI
 
 from curation.capture.row import Row
 from curation.proxy.spool import Position, Spool, SpoolReader
 from curation.proxy.writer import Stats, Writer
+from tests.fake_openai import FakeOpenAI
 from tests.harness import ProxyProcess, Relay, query, wait_for
 
 Start = Callable[..., ProxyProcess]
@@ -173,9 +176,9 @@ def test_rows_postgres_refuses_are_kept_aside(db_url: str, tmp_path: Path) -> No
     ]
     assert [r["row"]["user_prompt"] for r in rejected] == ["poison"]
     assert "invalid input syntax for type json" in rejected[0]["reason"]
-    assert stats.rejected == 1 and stats.rows_written == 3
-    assert query(db_url, "SELECT segment, byte_offset FROM spool_checkpoint") == [
-        {"segment": 1, "byte_offset": 123}
+    assert stats.rejected == 1 and stats.rows_written == 2  # a rejected row is not written
+    assert query(db_url, "SELECT segment, byte_offset, rows_written FROM spool_checkpoint") == [
+        {"segment": 1, "byte_offset": 123, "rows_written": 2}
     ]
 
 
@@ -223,3 +226,68 @@ def test_recorder_does_not_outlive_a_killed_proxy(start_proxy: Start, db_url: st
     proxy.kill()
     recorder.wait(timeout=15)  # it notices its parent is gone, flushes and exits
     assert not psutil.pid_exists(recorder.pid) or recorder.status() == psutil.STATUS_ZOMBIE
+
+
+POISON_REQUESTS = [
+    [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a", "tool_calls": "zz"}],
+    [{"role": "user", "content": "q2"}, {"role": "assistant", "tool_calls": [{"function": "f"}]}],
+    [{"role": "user", "content": "q3"}, {"role": "assistant", "tool_calls": [None]}],
+]
+
+
+def test_poison_captures_never_stop_recording(
+    start_proxy: Start, db_url: str, fake_openai: FakeOpenAI
+) -> None:
+    """Odd shapes become rows; a capture that cannot be one goes to rejected.jsonl,
+    logged once without its body; every later call is recorded."""
+    completion = {"id": "c", "object": "chat.completion", "model": "m", "usage": "lots"}
+    completion["choices"] = [{"index": 0, "message": {"role": "assistant", "content": "ok"}}]
+    fake_openai.raw["usage"] = ("application/json", orjson.dumps(completion))
+    fake_openai.raw["sse"] = ("text/event-stream", b"data: [1,2]\n\ndata: [DONE]\n\n")
+    proxy = start_proxy()
+    calls: list[tuple[Any, str]] = [(m, "") for m in POISON_REQUESTS]
+    calls += [([{"role": "user", "content": "lots"}], "usage")]
+    calls += [([{"role": "user", "content": "secret-sse-prompt"}], "sse")]
+    for i, (messages, raw) in enumerate(calls):
+        answer = httpx.post(
+            f"{proxy.url}/ns/dur/v1/chat/completions",
+            json={"model": "x", "messages": messages, "stream": raw == "sse"},
+            headers={"Authorization": f"Bearer {KEY}", "X-Fake-Raw": raw},
+            timeout=10,
+        )
+        assert answer.status_code == 200
+        call(proxy, f"normal {i}", stream=i % 2 == 0)
+    got = wait_for(lambda: (r := recorded(db_url)) and len(r) == 9 and r, timeout=15)
+    assert {f"normal {i}" for i in range(5)} | {"lots"} <= set(got)
+    [rejected] = (proxy.spool_dir / "rejected.jsonl").read_text().splitlines()
+    assert "stream event is not a JSON object" in json.loads(rejected)["reason"]
+    logged = [line for line in proxy.log().splitlines() if "not recorded" in line]
+    assert len(logged) == 1 and "dur" in logged[0] and "not a JSON object" in logged[0]
+    assert "secret-sse-prompt" not in proxy.log()
+    wait_for(lambda: "curation_rows_written_total 9.0" in metrics(proxy))
+    assert "curation_unrecordable_total 1.0" in metrics(proxy)
+
+
+def test_dropped_count_is_exact_when_the_spool_overflows(start_proxy: Start, db_url: str) -> None:
+    """PostgreSQL away and the spool over its cap: every call is either recorded or
+    counted in curation_dropped_total, never both."""
+    relay = Relay(db_url)
+    relay.up()
+    proxy = start_proxy(db=relay.url, CURATION_SPOOL_MAX_BYTES="1MiB")
+    sent = [f"up {i} " + "x" * 6000 for i in range(10)]
+    sent += [f"down {i} " + "x" * 6000 for i in range(150)]  # ~13 KB a capture
+    for i, text in enumerate(sent):
+        if i == 10:
+            relay.down()
+        call(proxy, text)
+    relay.up()
+    wait_for(lambda: "curation_recorder_queue_depth 0.0" in metrics(proxy), timeout=30)
+    [dropped] = [
+        float(line.split()[-1])
+        for line in metrics(proxy).splitlines()
+        if line.startswith('curation_dropped_total{reason="spool_cap"}')
+    ]
+    got = recorded(db_url)
+    assert dropped > 0 and set(got.values()) == {1}
+    assert len(got) + dropped == len(sent)
+    relay.down()

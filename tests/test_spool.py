@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import resource
+import signal
 from pathlib import Path
 
 import pytest
@@ -126,3 +128,53 @@ def test_bytes_after_a_position(tmp_path: Path) -> None:
     )
     r.read(10, 1 << 20)
     assert s.bytes_after(r.read_position) == 0
+
+
+def test_dropped_count_is_exact_while_the_reader_holds_frames(tmp_path: Path) -> None:
+    """Frames the reader has taken (its batch waits for PostgreSQL) are not lost: only
+    those it will never see are counted as dropped, so dropped + read = appended."""
+    dropped: list[int] = []
+    s = opened(tmp_path, max_bytes=1000, segment_bytes=200)
+    s.on_drop = dropped.append
+    r = reader(tmp_path)
+    got = []
+    for i in range(60):
+        s.append(frame(i, 40))
+        if i % 7 == 0:
+            got += r.read(3, 1 << 20)  # read, never committed
+    got += r.read(100, 1 << 20)
+    seen = [f.meta["i"] for f in got]
+    assert seen == sorted(seen) and len(set(seen)) == len(seen)
+    assert sum(dropped) + len(got) == 60
+
+
+def test_a_failed_write_leaves_no_partial_frame(tmp_path: Path) -> None:
+    s = opened(tmp_path)
+    r = reader(tmp_path)
+    s.append(frame(0))
+    ignored = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(frame(0)) + 10, hard))  # as a full disk
+    try:
+        with pytest.raises(OSError):
+            s.append(frame(1))  # 10 bytes of it written, then the write fails
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, ignored)
+    assert s.path(s._active).stat().st_size == len(frame(0))
+    assert [f.meta["i"] for f in r.read(10, 1 << 20)] == [0]
+
+
+def test_frames_after_a_position_also_across_a_restart(tmp_path: Path) -> None:
+    s = opened(tmp_path, segment_bytes=100)
+    r = reader(tmp_path)
+    for i in range(5):
+        s.append(frame(i, 40))
+    r.read(2, 1 << 20)
+    assert s.frames_after(None) == 5 and s.frames_after(r.read_position) == 3
+    s.close()
+    again = opened(tmp_path, segment_bytes=100)  # the frames of old segments are counted on open
+    again.append(frame(5, 40))
+    assert again.frames_after(r.read_position) == 4
+    r.read(100, 1 << 20)
+    assert again.frames_after(r.read_position) == 0

@@ -2,7 +2,8 @@
 
 ``user_prompt`` is the dedup key. A single-turn call is keyed by its user
 message; a multi-turn call by a rendering of the whole non-system
-conversation, so two conversations that end alike never collide.
+conversation, so two conversations that end alike never collide. Any JSON
+is read (see ``shape``): an odd message renders as best it can, never fails.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any
+
+from curation.capture.shape import arr, obj, text
 
 SYSTEM_ROLES = frozenset({"system", "developer"})
 
@@ -27,34 +30,38 @@ def content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        pieces = []
-        for part in content:
-            if not isinstance(part, dict):
-                pieces.append(str(part))
-            elif part.get("type") in ("text", "input_text") or "text" in part:
-                pieces.append(str(part.get("text", "")))
-            else:
-                pieces.append(f"[{part.get('type', 'part')}]")
-        return "\n".join(pieces)
+        return "\n".join(_part_text(part) for part in content)
     return json.dumps(content, ensure_ascii=False)
 
 
+def _part_text(part: Any) -> str:
+    if not isinstance(part, dict):
+        return str(part)
+    if part.get("type") in ("text", "input_text") or "text" in part:
+        return str(part.get("text", ""))
+    return f"[{part.get('type', 'part')}]"
+
+
+def role(message: dict[str, Any]) -> str | None:
+    return text(message.get("role"))
+
+
 def _render(message: dict[str, Any]) -> str:
-    role = str(message.get("role", "?"))
-    text = content_text(message.get("content"))
-    for call in message.get("tool_calls") or []:
-        fn = call.get("function") or {}
-        text += f"\n[tool call {fn.get('name')}({fn.get('arguments', '')})]"
-    if role == "tool":
-        role = f"tool {message.get('tool_call_id', '')}".strip()
-    return f"{role}: {text}"
+    name = role(message) or "?"
+    rendered = content_text(message.get("content"))
+    for call in arr(message.get("tool_calls")):
+        fn = obj(obj(call).get("function"))
+        rendered += f"\n[tool call {fn.get('name')}({fn.get('arguments', '')})]"
+    if name == "tool":
+        name = f"tool {message.get('tool_call_id', '')}".strip()
+    return f"{name}: {rendered}"
 
 
 def extract(request: dict[str, Any]) -> Prompt:
-    messages = [m for m in request.get("messages") or [] if isinstance(m, dict)]
-    system = [content_text(m.get("content")) for m in messages if m.get("role") in SYSTEM_ROLES]
-    rest = [m for m in messages if m.get("role") not in SYSTEM_ROLES]
-    if len(rest) == 1 and rest[0].get("role") == "user":
+    messages = [m for m in arr(request.get("messages")) if isinstance(m, dict)]
+    system = [content_text(m.get("content")) for m in messages if role(m) in SYSTEM_ROLES]
+    rest = [m for m in messages if role(m) not in SYSTEM_ROLES]
+    if len(rest) == 1 and role(rest[0]) == "user":
         user_prompt = content_text(rest[0].get("content"))
     else:
         user_prompt = "\n\n".join(_render(m) for m in rest)
@@ -63,6 +70,6 @@ def extract(request: dict[str, Any]) -> Prompt:
     )
 
 
-def clean(text: str) -> str:
+def clean(value: str) -> str:
     """PostgreSQL text cannot hold NUL."""
-    return text.replace("\x00", "\ufffd")
+    return value.replace("\x00", "\ufffd")

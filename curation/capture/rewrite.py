@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from curation.capture.prompt import SYSTEM_ROLES
+from curation.capture.prompt import SYSTEM_ROLES, role
 
 
 def rewrite(body: bytes, model: str, short_prompt: str | None) -> bytes | None:
@@ -22,9 +22,7 @@ def rewrite(body: bytes, model: str, short_prompt: str | None) -> bytes | None:
     if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
         return None
     messages = [
-        m
-        for m in request["messages"]
-        if not (isinstance(m, dict) and m.get("role") in SYSTEM_ROLES)
+        m for m in request["messages"] if not (isinstance(m, dict) and role(m) in SYSTEM_ROLES)
     ]
     if short_prompt:
         messages.insert(0, {"role": "system", "content": short_prompt})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -10,7 +9,13 @@ from typing import Any
 
 import orjson
 
+from curation import names
 from curation.capture import prompt, stream, tags
+from curation.capture.shape import Unrecordable, int32, obj, text
+
+MAX_DECODED = 256 << 20  # a decompressed response over this is a bomb, not a completion
+
+__all__ = ["Capture", "Row", "Unrecordable", "build", "decode_body"]
 
 
 @dataclass(frozen=True)
@@ -27,10 +32,12 @@ class Capture:
     request: bytes
     response: bytes
     rewritten: bool = False
+    fallback_from: str | None = None  # the student that failed; the teacher answered
 
     def meta(self) -> dict[str, Any]:
         return {
             "rw": self.rewritten,
+            "fb": self.fallback_from,
             "ns": self.namespace,
             "t": self.started_at,
             "lat": self.latency_ms,
@@ -41,19 +48,34 @@ class Capture:
         }
 
     @classmethod
-    def from_meta(cls, meta: dict[str, Any], request: bytes, response: bytes) -> Capture:
+    def from_meta(cls, meta: Any, request: bytes, response: bytes) -> Capture:
+        """The capture a spool frame holds; Unrecordable if its metadata is not the proxy's."""
+        m = obj(meta)
+        namespace, started_at, latency_ms = m.get("ns"), _number(m.get("t")), _number(m.get("lat"))
+        if not isinstance(namespace, str) or not names.is_valid(namespace):
+            raise Unrecordable("spool frame has no valid namespace")
+        if started_at is None or latency_ms is None:
+            raise Unrecordable("spool frame has no valid time or latency")
         return cls(
-            namespace=meta["ns"],
-            started_at=meta["t"],
-            latency_ms=meta["lat"],
-            streamed=meta["st"],
-            content_encoding=meta.get("enc"),
-            request_id=meta.get("rid"),
-            tags_header=meta.get("tags"),
+            namespace=namespace,
+            started_at=started_at,
+            latency_ms=latency_ms,
+            streamed=m.get("st") is True,
+            content_encoding=text(m.get("enc")),
+            request_id=text(m.get("rid")),
+            tags_header=text(m.get("tags")),
             request=request,
             response=response,
-            rewritten=bool(meta.get("rw", False)),
+            rewritten=m.get("rw") is True,
+            fallback_from=text(m.get("fb")),
         )
+
+
+def _number(value: Any) -> float | None:
+    """A plausible timestamp or duration (0 to the year 9999, in seconds or ms), else None."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 2.5e11:
+        return float(value)
+    return None
 
 
 @dataclass(frozen=True)
@@ -72,30 +94,42 @@ class Row:
     seen_at: datetime
     tags: str  # JSON object text
     rewritten: bool = False
-
-
-class Unrecordable(ValueError):
-    """A capture that cannot become a row (reason in the message)."""
+    fallback_from: str | None = None
 
 
 def decode_body(body: bytes, encoding: str | None) -> bytes:
+    """The response body without its content-encoding, at most ``MAX_DECODED`` bytes."""
     enc = (encoding or "identity").strip().lower()
     if enc in ("", "identity"):
         return body
     if enc in ("gzip", "x-gzip"):
-        return gzip.decompress(body)
+        return _inflate(body, 16 + zlib.MAX_WBITS)
     if enc == "deflate":
         try:
-            return zlib.decompress(body)
-        except zlib.error:
-            return zlib.decompress(body, -zlib.MAX_WBITS)
-    raise Unrecordable(f"unsupported content-encoding {encoding!r}")
+            return _inflate(body, zlib.MAX_WBITS)
+        except Unrecordable:
+            return _inflate(body, -zlib.MAX_WBITS)
+    raise Unrecordable(f"unsupported content-encoding {(encoding or '')[:40]!r}")
+
+
+def _inflate(body: bytes, wbits: int) -> bytes:
+    """Decompress one zlib/gzip/raw deflate stream, refusing a decompression bomb."""
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(body, MAX_DECODED + 1)
+    except zlib.error as exc:
+        raise Unrecordable(f"response body does not decompress: {exc}") from exc
+    if len(out) > MAX_DECODED:
+        raise Unrecordable(f"response body decompresses to over {MAX_DECODED} bytes")
+    if not inflater.eof:
+        raise Unrecordable("response body is a truncated compressed stream")
+    return out
 
 
 def _json_text(value: Any) -> str:
-    text = orjson.dumps(value).decode()
+    encoded = orjson.dumps(value).decode()
     # jsonb refuses \u0000; it can only come from a string value
-    return text.replace("\\u0000", "\\ufffd")
+    return encoded.replace("\\u0000", "\\ufffd")
 
 
 def _raw_json_text(raw: bytes, parsed: Any) -> str:
@@ -109,41 +143,56 @@ def _raw_json_text(raw: bytes, parsed: Any) -> str:
 
 
 def build(capture: Capture) -> Row:
-    try:
-        request = orjson.loads(capture.request)
-    except orjson.JSONDecodeError as exc:
-        raise Unrecordable(f"request is not JSON: {exc}") from exc
-    if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
-        raise Unrecordable("request has no messages list")
-    body = decode_body(capture.response, capture.content_encoding)
-    try:
-        if capture.streamed:
-            response = stream.reassemble(body)
-            if response is None:
-                raise Unrecordable("stream ended without [DONE] or carried an error")
-            response_text = _json_text(response)
-        else:
-            response = orjson.loads(body)
-            response_text = body.decode("utf-8").replace("\\u0000", "\\ufffd")
-    except (orjson.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise Unrecordable(f"response is not JSON: {exc}") from exc
-    if not isinstance(response, dict) or not isinstance(response.get("choices"), list):
-        raise Unrecordable("response is not a chat.completion")
+    """The row of ``capture``, whatever its bytes hold, or Unrecordable (the reason why)."""
+    request = _request(capture.request)
+    response, response_text = _response(
+        decode_body(capture.response, capture.content_encoding), capture.streamed
+    )
     asked = prompt.extract(request)
-    usage = response.get("usage") or {}
+    usage = obj(response.get("usage"))
+    model = text(response.get("model")) or text(request.get("model"))
     return Row(
         namespace=capture.namespace,
         user_prompt=asked.user_prompt,
         response=response_text,
         request=_raw_json_text(capture.request, request),
         system_prompt=asked.system_prompt,
-        model=response.get("model") or request.get("model"),
-        prompt_tokens=usage.get("prompt_tokens"),
-        completion_tokens=usage.get("completion_tokens"),
+        model=prompt.clean(model) if model is not None else None,
+        prompt_tokens=int32(usage.get("prompt_tokens")),
+        completion_tokens=int32(usage.get("completion_tokens")),
         latency_ms=capture.latency_ms,
         streamed=capture.streamed,
         upstream_request_id=capture.request_id,
         seen_at=datetime.fromtimestamp(capture.started_at, UTC),
         tags=_json_text(tags.from_request(request, capture.tags_header)),
         rewritten=capture.rewritten,
+        fallback_from=capture.fallback_from,
     )
+
+
+def _request(raw: bytes) -> dict[str, Any]:
+    try:
+        request = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Unrecordable(f"request is not JSON: {exc}") from exc
+    if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
+        raise Unrecordable("request has no messages list")
+    return request
+
+
+def _response(body: bytes, streamed: bool) -> tuple[dict[str, Any], str]:
+    """The response object and its JSON text (the upstream's own text when not streamed)."""
+    if streamed:
+        response = stream.reassemble(body)
+        if response is None:
+            raise Unrecordable("stream ended without [DONE] or carried an error")
+        response_text = _json_text(response)
+    else:
+        try:
+            response = orjson.loads(body)
+            response_text = body.decode("utf-8").replace("\\u0000", "\\ufffd")
+        except (orjson.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise Unrecordable(f"response is not JSON: {exc}") from exc
+    if not isinstance(response, dict) or not isinstance(response.get("choices"), list):
+        raise Unrecordable("response is not a chat.completion")
+    return response, response_text

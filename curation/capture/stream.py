@@ -3,7 +3,10 @@
 Handles content and refusal deltas, tool_call deltas merged by index, the
 legacy function_call, logprobs, finish_reason, several choices (n>1) and
 the usage chunk sent with ``stream_options.include_usage``. A stream with
-no ``[DONE]`` or with an error event is not a completion: ``None``.
+no ``[DONE]`` or with an error event is not a completion: ``None``. A chunk
+that breaks the shape a merge relies on (an event that is not an object, a
+delta that is not one, an index that is not a small integer) raises
+``Unrecordable``; odd optional fields are skipped.
 """
 
 from __future__ import annotations
@@ -11,6 +14,18 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+
+from curation.capture.shape import (
+    Unrecordable,
+    arr,
+    expect_obj,
+    expect_text,
+    index,
+    obj,
+)
+
+MAX_CHOICES = 1024
+MAX_TOOL_CALLS = 4096
 
 
 def events(body: bytes) -> tuple[list[dict[str, Any]], bool]:
@@ -25,8 +40,18 @@ def events(body: bytes) -> tuple[list[dict[str, Any]], bool]:
             done = True
             break
         if data:
-            out.append(orjson.loads(data))
+            out.append(_event(data))
     return out, done
+
+
+def _event(data: bytes) -> dict[str, Any]:
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise Unrecordable(f"stream event is not JSON: {exc}") from exc
+    if not isinstance(event, dict):
+        raise Unrecordable("stream event is not a JSON object")
+    return event
 
 
 def reassemble(body: bytes) -> dict[str, Any] | None:
@@ -47,53 +72,65 @@ def reassemble(body: bytes) -> dict[str, Any] | None:
                 result[key] = chunk[key]
         if chunk.get("usage"):
             result["usage"] = chunk["usage"]
-        for delta_choice in chunk.get("choices") or []:
-            _merge_choice(choices, delta_choice)
+        delta_choices = chunk.get("choices")
+        if delta_choices is not None and not isinstance(delta_choices, list):
+            raise Unrecordable("stream chunk choices is not a JSON array")
+        for delta_choice in delta_choices or []:
+            _merge_choice(choices, expect_obj(delta_choice, "stream choice"))
     result["choices"] = [_finish(choices[i]) for i in sorted(choices)]
     return result
 
 
 def _merge_choice(choices: dict[int, dict[str, Any]], chunk: dict[str, Any]) -> None:
-    index = int(chunk.get("index", 0))
+    at = index(chunk.get("index"), 0, MAX_CHOICES, "stream choice")
     choice = choices.setdefault(
-        index,
-        {"index": index, "message": {"role": "assistant"}, "logprobs": None, "finish_reason": None},
+        at,
+        {"index": at, "message": {"role": "assistant"}, "logprobs": None, "finish_reason": None},
     )
     message = choice["message"]
-    delta = chunk.get("delta") or {}
-    if delta.get("role"):
-        message["role"] = delta["role"]
+    delta = expect_obj(chunk.get("delta"), "stream delta")
+    role = expect_text(delta.get("role"), "stream delta role")
+    if role:
+        message["role"] = role
     for key in ("content", "refusal", "reasoning_content"):
-        if delta.get(key) is not None:
-            message[key] = message.get(key, "") + delta[key]
+        piece = expect_text(delta.get(key), f"stream delta {key}")
+        if piece is not None:
+            message[key] = message.get(key, "") + piece
     if delta.get("function_call"):
-        fc = message.setdefault("function_call", {"name": "", "arguments": ""})
-        fc["name"] += delta["function_call"].get("name") or ""
-        fc["arguments"] += delta["function_call"].get("arguments") or ""
-    for call in delta.get("tool_calls") or []:
-        _merge_tool_call(message.setdefault("tool_calls", {}), call)
+        _append_function(
+            message.setdefault("function_call", {"name": "", "arguments": ""}),
+            expect_obj(delta["function_call"], "stream function_call"),
+        )
+    tool_calls = delta.get("tool_calls")
+    if tool_calls is not None and not isinstance(tool_calls, list):
+        raise Unrecordable("stream tool_calls is not a JSON array")
+    for call in tool_calls or []:
+        _merge_tool_call(message.setdefault("tool_calls", {}), expect_obj(call, "stream tool call"))
     if chunk.get("logprobs"):
         lp = choice["logprobs"] or {}
-        for key, values in chunk["logprobs"].items():
-            if isinstance(values, list):
-                lp[key] = (lp.get(key) or []) + values
+        for key, values in obj(chunk["logprobs"]).items():
+            lp[key] = (lp.get(key) or []) + arr(values)
         choice["logprobs"] = lp
     if chunk.get("finish_reason") is not None:
         choice["finish_reason"] = chunk["finish_reason"]
 
 
 def _merge_tool_call(calls: dict[int, dict[str, Any]], delta: dict[str, Any]) -> None:
-    index = int(delta.get("index", len(calls)))
+    at = index(delta.get("index"), len(calls), MAX_TOOL_CALLS, "stream tool call")
     call = calls.setdefault(
-        index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+        at, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
     )
-    if delta.get("id"):
-        call["id"] = delta["id"]
-    if delta.get("type"):
-        call["type"] = delta["type"]
-    fn = delta.get("function") or {}
-    call["function"]["name"] += fn.get("name") or ""
-    call["function"]["arguments"] += fn.get("arguments") or ""
+    for key in ("id", "type"):
+        value = expect_text(delta.get(key), f"stream tool call {key}")
+        if value:
+            call[key] = value
+    if delta.get("function"):
+        _append_function(call["function"], expect_obj(delta["function"], "stream tool function"))
+
+
+def _append_function(into: dict[str, str], delta: dict[str, Any]) -> None:
+    for key in ("name", "arguments"):
+        into[key] += expect_text(delta.get(key), f"stream function {key}") or ""
 
 
 def _finish(choice: dict[str, Any]) -> dict[str, Any]:

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+import sys
 from datetime import datetime
 from typing import Any
 
 import click
 
 from curation.cli.context import AppContext, pass_app
-from curation.cli.output import dumps, emit, json_option
+from curation.cli.output import dumps, emit, json_option, visible
+from curation.cli.params import ROW_ID
 from curation.curate import answers, rows, stats
 from curation.db.evals import decide_proposals
 from curation.errors import InvalidInput
 
 LIST_COLUMNS = ["id", "times_seen", "last_seen_at", "user_prompt", "answer", "state"]
+EDIT_ATTEMPTS = 5  # an editor that keeps writing invalid JSON must not loop forever
 
 
 def curator_option(func: Any) -> Any:
@@ -59,7 +62,7 @@ def list_command(
 
 @click.command("show")
 @click.argument("namespace")
-@click.argument("row_id", type=int)
+@click.argument("row_id", type=ROW_ID)
 @json_option
 @pass_app
 def show_command(app: AppContext, namespace: str, row_id: int, as_json: bool) -> None:
@@ -73,11 +76,15 @@ def show_command(app: AppContext, namespace: str, row_id: int, as_json: bool) ->
     click.echo(render(row))
     for h in audit:
         click.echo(
-            f"  {h['changed_at']:%Y-%m-%d %H:%M} {h['changed_by']}: {h['column_name']} {h['old_value']} -> {h['new_value']}"
+            visible(
+                f"  {h['changed_at']:%Y-%m-%d %H:%M} {h['changed_by']}: {h['column_name']}"
+                f" {h['old_value']} -> {h['new_value']}"
+            )
         )
 
 
 def render(row: dict[str, Any], progress: str | None = None) -> str:
+    """One row for a terminal: captured text goes through ``visible``, labels are styled."""
     original = answers.text(
         ((row.get("response") or {}).get("choices") or [{}])[0].get("message") or {}
     )
@@ -86,35 +93,37 @@ def render(row: dict[str, Any], progress: str | None = None) -> str:
         + f"  {row['state']}  seen {row['times_seen']}x, last {row['last_seen_at']:%Y-%m-%d %H:%M}"
         + (f"  [{progress}]" if progress else ""),
         click.style("prompt:", bold=True),
-        row["user_prompt"],
+        visible(row["user_prompt"]),
         click.style("answer:", bold=True),
-        answers.pretty(original),
+        visible(answers.pretty(original)),
     ]
     if row.get("corrected_response"):
         lines += [
             click.style("correction:", bold=True),
-            answers.pretty(answers.text(row["corrected_response"])),
+            visible(answers.pretty(answers.text(row["corrected_response"]))),
         ]
     if row.get("proposed_response"):
         lines += [
-            click.style(f"proposed by {row.get('proposed_by')} (a accept / r reject):", bold=True),
-            answers.pretty(answers.text(row["proposed_response"])),
+            click.style(
+                f"proposed by {visible(row.get('proposed_by'))} (a accept / r reject):", bold=True
+            ),
+            visible(answers.pretty(answers.text(row["proposed_response"]))),
         ]
     if row.get("note"):
-        lines.append(f"note: {row['note']}")
+        lines.append(f"note: {visible(row['note'])}")
     lines.append(
-        f"model {row.get('model')}, tokens {row.get('prompt_tokens')} in / {row.get('completion_tokens')} out,"
+        f"model {visible(row.get('model'))}, tokens {row.get('prompt_tokens')} in / {row.get('completion_tokens')} out,"
         f" tags {json.dumps(row.get('tags') or {})}"
     )
     if row.get("system_prompt"):
-        sp = " ".join(str(row["system_prompt"]).split())
+        sp = " ".join(visible(row["system_prompt"]).split())
         lines.append(f"production prompt: {sp[:200]}{'…' if len(sp) > 200 else ''}")
     return "\n".join(lines)
 
 
 def decide(state: str) -> Any:
     @click.argument("namespace")
-    @click.argument("ids", type=int, nargs=-1)
+    @click.argument("ids", type=ROW_ID, nargs=-1)
     @click.option(
         "--search", help="Every row whose prompt contains TEXT (asks first; --yes for scripts)."
     )
@@ -170,7 +179,8 @@ exclude_command = click.command("exclude", help="Exclude rows from the training 
 def edit_answer(
     app: AppContext, conn: Any, namespace: str, row: dict[str, Any], curator: str
 ) -> bool:
-    """Open the answer in $EDITOR until it is valid; True if a correction was stored."""
+    """Open the answer in $EDITOR until it is valid (at most EDIT_ATTEMPTS times);
+    True if a correction was stored."""
     editor = app.settings().editor
     if not editor:
         raise InvalidInput("no editor: set EDITOR (e.g. export EDITOR=nano) and run again")
@@ -178,7 +188,7 @@ def edit_answer(
     original = answers.text(current)
     is_json = answers.parse_json(original) is not None
     text = answers.pretty(original)
-    while True:
+    for attempt in range(1, EDIT_ATTEMPTS + 1):
         edited = click.edit(
             text, editor=editor, extension=".json" if is_json else ".txt", require_save=False
         )
@@ -188,8 +198,13 @@ def edit_answer(
         problem = answers.json_error(original, edited)
         if problem is None:
             break
-        click.echo(f"not valid JSON ({problem}); reopening the editor", err=True)
+        if attempt < EDIT_ATTEMPTS:
+            click.echo(f"not valid JSON ({problem}); reopening the editor", err=True)
         text = edited
+    else:
+        raise InvalidInput(
+            f"still not valid JSON after {EDIT_ATTEMPTS} edits ({problem}); nothing stored"
+        )
     new_text = edited.strip()
     if is_json and "\n" not in original:
         new_text = json.dumps(
@@ -203,7 +218,7 @@ def edit_answer(
 
 @click.command("edit")
 @click.argument("namespace")
-@click.argument("row_id", type=int)
+@click.argument("row_id", type=ROW_ID)
 @curator_option
 @pass_app
 def edit_command(app: AppContext, namespace: str, row_id: int, curator: str | None) -> None:
@@ -225,6 +240,11 @@ def review_command(app: AppContext, namespace: str, curator: str | None) -> None
     teacher's proposal, s skip, u undo last, q quit.
     Two curators can review at once: a row shown to one is never shown to the other.
     """
+    if not sys.stdin.isatty():
+        raise InvalidInput(
+            "curation review reads keys from a terminal: run it in one "
+            "(scripts: curation include / exclude)"
+        )
     name = who(app, curator)
     skipped: list[int] = []
     last: int | None = None
@@ -273,7 +293,7 @@ def review_command(app: AppContext, namespace: str, curator: str | None) -> None
 
 @click.command("history")
 @click.argument("namespace")
-@click.argument("row_id", type=int)
+@click.argument("row_id", type=ROW_ID)
 @json_option
 @pass_app
 def history_command(app: AppContext, namespace: str, row_id: int, as_json: bool) -> None:
@@ -281,7 +301,11 @@ def history_command(app: AppContext, namespace: str, row_id: int, as_json: bool)
     with app.db() as conn:
         rows.get_row(conn, namespace, row_id)
         audit = rows.history(conn, namespace, row_id)
-    emit(audit, as_json, ["changed_at", "changed_by", "column_name", "old_value", "new_value"])
+    emit(
+        audit,
+        as_json,
+        ["changed_at", "changed_by", "login", "column_name", "old_value", "new_value"],
+    )
 
 
 @click.command("stats")

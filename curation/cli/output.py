@@ -1,8 +1,11 @@
-"""Shared output helpers: one ``--json`` option and one table printer."""
+"""Shared output helpers: one ``--json`` option, one table printer, and
+``visible`` for captured text, which is untrusted: printed raw, an escape
+sequence in a prompt would retitle or clear the curator's terminal."""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -28,12 +31,26 @@ def dumps(data: Any) -> str:
     return json.dumps(data, indent=2, default=_default, ensure_ascii=False)
 
 
+# C0 controls but newline and tab, DEL, C1 controls, and the bidi overrides that reorder text
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(found: re.Match[str]) -> str:
+    code = ord(found.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def visible(value: Any) -> str:
+    """``str(value)`` with control characters written as escapes (``\\x1b``)."""
+    return _CONTROL.sub(_escape, str(value))
+
+
 def cell(value: Any, width: int = 60) -> str:
     if value is None:
         return ""
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d %H:%M")
-    text = " ".join(str(value).split())
+    text = " ".join(visible(value).split())
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -55,4 +72,4 @@ def emit(data: Any, as_json: bool, columns: Sequence[str] | None = None) -> None
         click.echo(table(data, columns))
     else:
         for key, value in data.items():
-            click.echo(f"{key}: {value if value is not None else ''}")
+            click.echo(f"{key}: {visible(value) if value is not None else ''}")

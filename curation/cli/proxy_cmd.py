@@ -1,27 +1,41 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
+from curation import config
 from curation.cli.context import AppContext, pass_app
-from curation.config import parse_size
 
 
-class Size(click.ParamType[int]):
-    """'32MiB', '1G', '500k' or plain bytes."""
+class Bounded(click.ParamType[Any]):
+    """A size, count or duration flag: parsed as its environment variable is, and held
+    to the same bounds (``config.BOUNDS``); a bad value is a usage error (exit 2)."""
 
-    name = "size"
+    def __init__(self, setting: str, parse: Callable[[str], Any], name: str) -> None:
+        self.setting = setting
+        self.parse = parse
+        self.name = name
 
-    def convert(
-        self, value: object, param: click.Parameter | None, ctx: click.Context | None
-    ) -> int:
-        if isinstance(value, int):
-            return value
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         try:
-            return parse_size(str(value))
-        except ValueError:
-            self.fail(f"{value!r} is not a size (e.g. 32MiB, 1G, 500k, 4096)", param, ctx)
+            return config.within(self.setting, self.parse(str(value)))
+        except ValueError as exc:
+            self.fail(f"{value!r} is not valid: {exc}", param, ctx)
+
+
+def size(setting: str) -> Bounded:
+    return Bounded(setting, config.parse_size, "size")
+
+
+def seconds(setting: str) -> Bounded:
+    return Bounded(setting, config.parse_seconds, "seconds")
+
+
+def count(setting: str) -> Bounded:
+    return Bounded(setting, config.parse_count, "count")
 
 
 @click.command("proxy")
@@ -46,10 +60,31 @@ class Size(click.ParamType[int]):
     help="Spool folder [env: CURATION_SPOOL_DIR; <data dir>/spool].",
 )
 @click.option(
-    "--spool-max-bytes", type=Size(), help="Spool cap, e.g. 1GiB [env: CURATION_SPOOL_MAX_BYTES]."
+    "--spool-max-bytes",
+    type=size("spool_max_bytes"),
+    help="Spool cap, 1MiB to 1024GiB [env: CURATION_SPOOL_MAX_BYTES; 1GiB].",
 )
 @click.option(
-    "--max-body-bytes", help="Largest request body, e.g. 32MiB [env: CURATION_MAX_BODY_BYTES]."
+    "--max-body-bytes",
+    type=size("max_body_bytes"),
+    help="Largest request body [env: CURATION_MAX_BODY_BYTES; 32MiB].",
+)
+@click.option(
+    "--body-timeout",
+    type=seconds("body_timeout"),
+    help="Longest wait for a request body, s; then 408 [env: CURATION_BODY_TIMEOUT; 60].",
+)
+@click.option(
+    "--idle-timeout",
+    type=seconds("idle_timeout"),
+    help="Close a client connection with no whole request head for this long, s "
+    "[env: CURATION_IDLE_TIMEOUT; 75].",
+)
+@click.option(
+    "--max-namespaces",
+    type=count("max_namespaces"),
+    help="Create namespaces on use only up to this many in all "
+    "[env: CURATION_MAX_NAMESPACES; 100].",
 )
 @click.option(
     "--access-log/--no-access-log",
@@ -63,18 +98,23 @@ class Size(click.ParamType[int]):
 )
 @click.option(
     "--connect-timeout",
-    type=float,
+    type=seconds("upstream_connect_timeout"),
     help="Upstream connect timeout, s [env: CURATION_UPSTREAM_CONNECT_TIMEOUT; 10].",
 )
 @click.option(
     "--read-timeout",
-    type=float,
+    type=seconds("upstream_read_timeout"),
     help="Longest upstream silence, s [env: CURATION_UPSTREAM_READ_TIMEOUT; 600].",
 )
 @click.option(
     "--max-connections",
-    type=click.IntRange(1),
+    type=count("upstream_max_connections"),
     help="Upstream pool size [env: CURATION_UPSTREAM_MAX_CONNECTIONS; 256].",
+)
+@click.option(
+    "--recorder-stall-seconds",
+    type=click.FloatRange(0, min_open=True),
+    help="Restart a recorder making no progress this long [env: CURATION_RECORDER_STALL_SECONDS; 60].",
 )
 @pass_app
 def proxy(
@@ -86,11 +126,15 @@ def proxy(
     spool_dir: Path | None,
     spool_max_bytes: int | None,
     max_body_bytes: int | None,
+    body_timeout: float | None,
+    idle_timeout: float | None,
+    max_namespaces: int | None,
     access_log: bool | None,
     spool_fsync: bool | None,
     connect_timeout: float | None,
     read_timeout: float | None,
     max_connections: int | None,
+    recorder_stall_seconds: float | None,
 ) -> None:
     """Run the OpenAI-compatible proxy that records chat completions.
 
@@ -108,11 +152,15 @@ def proxy(
         spool_dir=spool_dir,
         spool_max_bytes=spool_max_bytes,
         max_body_bytes=max_body_bytes,
+        body_timeout=body_timeout,
+        idle_timeout=idle_timeout,
+        max_namespaces=max_namespaces,
         access_log=access_log,
         spool_fsync=spool_fsync,
         upstream_connect_timeout=connect_timeout,
         upstream_read_timeout=read_timeout,
         upstream_max_connections=max_connections,
+        recorder_stall_seconds=recorder_stall_seconds,
     )
     serve(settings)
 

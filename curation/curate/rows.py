@@ -115,6 +115,20 @@ def history(conn: Connection, namespace: str, row_id: int) -> list[dict[str, Any
     return conn.execute(queries.get("history"), {"namespace": namespace, "id": row_id}).fetchall()
 
 
+ROW_ID_MAX = 2**63 - 1  # ids are bigints
+
+
+def parse_ids(text: str) -> list[int]:
+    """'3,14,15' -> [3, 14, 15]; InvalidInput unless every part is a row id."""
+    try:
+        ids = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        ids = []
+    if not ids or not all(1 <= i <= ROW_ID_MAX for i in ids):
+        raise InvalidInput(f"{text!r} is not a list of row ids: use e.g. 3,14,15")
+    return ids
+
+
 _AGE = re.compile(r"^(\d+)\s*(d|h|w|days?|hours?|weeks?)$")
 
 

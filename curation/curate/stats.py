@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from curation.db import queries
+from curation.db import namespaces, queries
 from curation.db.connect import Connection
 from curation.errors import InvalidInput
 from curation.export import models
@@ -26,6 +26,10 @@ COLUMNS = ("namespace", *SUMMED, "spend_usd", "new_since_last_job")
 def collect(
     conn: Connection, namespace: str | None, models_file: Path | None
 ) -> list[dict[str, Any]]:
+    """Every namespace's numbers, or NAMESPACE's (NotFound if there is none)."""
+    if namespace is not None:
+        namespaces.get(conn, namespace)
+    models.check_file(models_file)  # a broken file must not read as unknown prices
     by_ns: dict[str, dict[str, Any]] = {}
     for row in conn.execute(queries.get("stats"), {"namespace": namespace}):
         entry = by_ns.setdefault(
@@ -56,9 +60,7 @@ def _spend(row: dict[str, Any], models_file: Path | None) -> float | None:
     except InvalidInput:
         return None
     fine_tuned = str(row["model"]).startswith("ft:")
-    price_in = info.ft_input_per_1m if fine_tuned else info.input_per_1m
-    price_out = info.ft_output_per_1m if fine_tuned else info.output_per_1m
-    return (int(row["tokens_in"]) * price_in + int(row["tokens_out"]) * price_out) / 1e6
+    return info.call_cost(int(row["tokens_in"]), int(row["tokens_out"]), fine_tuned)
 
 
 def _add(total: float | None, more: float | None) -> float | None:

@@ -16,6 +16,7 @@ import psycopg
 import sqlalchemy
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 
 from alembic import command
 from curation.db.connect import unavailable
@@ -57,6 +58,9 @@ def _alembic(url: str) -> Iterator[tuple[Config, sqlalchemy.Connection]]:
             cfg = _config()
             cfg.attributes["connection"] = conn
             yield cfg, conn
+    except CommandError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise InvalidInput(f"{first}; see: curation db current") from exc
     except sqlalchemy.exc.OperationalError as exc:
         raise unavailable(url, exc.orig or exc) from exc
     except sqlalchemy.exc.DBAPIError as exc:
@@ -70,18 +74,24 @@ def _alembic(url: str) -> Iterator[tuple[Config, sqlalchemy.Connection]]:
 
 
 def upgrade(url: str, revision: str = "head") -> str | None:
+    _check_revision(revision, "+")
     with _alembic(url) as (cfg, conn):
         command.upgrade(cfg, revision)
         return _current(conn)
 
 
 def downgrade(url: str, revision: str) -> str | None:
-    known = {s.revision for s in _script().walk_revisions()} | {"base"}
-    if revision not in known and not revision.startswith("-"):
-        raise InvalidInput(f"unknown revision {revision!r}; known: {', '.join(sorted(known))}")
+    _check_revision(revision, "-")
     with _alembic(url) as (cfg, conn):
         command.downgrade(cfg, revision)
         return _current(conn)
+
+
+def _check_revision(revision: str, relative: str) -> None:
+    """A known revision, base/head, or a relative step (+1 up, -1 down)."""
+    known = {s.revision for s in _script().walk_revisions()} | {"base", "head"}
+    if revision not in known and not revision.startswith(relative):
+        raise InvalidInput(f"unknown revision {revision!r}; known: {', '.join(sorted(known))}")
 
 
 def current(url: str) -> str | None:

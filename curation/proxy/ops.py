@@ -17,19 +17,33 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(proxy: Proxy, request: web.Request) -> web.Response:
-    """Ready: PostgreSQL reachable by the recorder, and the spool not near its cap."""
+    """Ready: the recorder running and making progress, PostgreSQL reachable by it, and
+    the spool not near its cap; else 503 with the reasons."""
     proxy.spool.rescan()
-    over = proxy.spool.total_bytes >= proxy.spool.max_bytes * 0.9
-    database_ok = proxy.recorder.database_ok
-    ready = database_ok and not over
+    recorder = proxy.recorder
+    reasons = []
+    if not recorder.alive:
+        reasons.append("the recorder is not running (it is restarted)")
+    elif recorder.stalled:
+        reasons.append(
+            f"the recorder made no progress for {recorder.stall_seconds:g}s with captures "
+            "waiting (it is restarted)"
+        )
+    elif not recorder.database_ok:
+        reasons.append("the recorder cannot reach PostgreSQL (captures wait in the spool)")
+    if proxy.spool.total_bytes >= proxy.spool.max_bytes * 0.9:
+        reasons.append("the spool is near its cap (the oldest captures are dropped over it)")
     body = {
-        "status": "ready" if ready else "degraded",
-        "database": "ok" if database_ok else "unreachable",
-        "recorder": "running" if proxy.recorder.alive else "not running",
+        "status": "degraded" if reasons else "ready",
+        "reasons": reasons,
+        "database": "ok" if recorder.database_ok else "unreachable",
+        "recorder": "stalled"
+        if recorder.stalled
+        else ("running" if recorder.alive else "not running"),
         "spool_bytes": proxy.spool.total_bytes,
         "spool_max_bytes": proxy.spool.max_bytes,
     }
-    return web.json_response(body, status=200 if ready else 503)
+    return web.json_response(body, status=503 if reasons else 200)
 
 
 async def metrics(proxy: Proxy, request: web.Request) -> web.Response:

@@ -6,7 +6,9 @@ proxy but the spool directory: it reads the frames, publishes what it did in
 ``<spool>/recorder.json`` for the proxy's /metrics and /readyz, and exits
 when told (SIGTERM, after flushing) or when its parent is gone.
 
-Proxy side: ``Recorder`` starts it, restarts it if it dies, and stops it.
+Proxy side: ``Recorder`` starts it, restarts it if it dies or stalls (no
+progress for ``stall_seconds`` while captures wait and PostgreSQL is not
+known to be down), and stops it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 import orjson
 
 from curation import logs
-from curation.proxy.spool import Position, SpoolReader
+from curation.proxy.spool import Position, SpoolReader, bytes_after, segment_sizes
 from curation.proxy.writer import Stats, Writer
 
 log = logging.getLogger("curation.recorder")
@@ -34,43 +36,65 @@ log = logging.getLogger("curation.recorder")
 STATUS = "recorder.json"
 PUBLISH_EVERY = 0.25
 FLUSH_TIMEOUT = 10.0
+STALE = 5.0  # a status older than this: the recorder's loop is not running
+COUNTERS = ("rows_written", "write_errors", "rejected", "unrecordable", "torn")
 URL_ENV = (
     "CURATION_RECORDER_URL"  # the URL travels in the environment, never in argv (ps shows argv)
 )
 
 
 def publish(path: Path, stats: Stats) -> None:
+    """Write the status file (a full disk only leaves it stale: the proxy sees that)."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(
-        orjson.dumps({**dataclasses.asdict(stats), "pid": os.getpid(), "at": time.time()})
-    )
-    tmp.replace(path)
+    status = {**dataclasses.asdict(stats), "pid": os.getpid(), "ppid": os.getppid()}
+    with contextlib.suppress(OSError):
+        tmp.write_bytes(orjson.dumps({**status, "at": time.time()}))
+        tmp.replace(path)
 
 
-async def run(reader: SpoolReader, url: str, parent: int, first_segment: int) -> None:
-    stats = Stats()
-    writer = Writer(reader, url, stats, first_segment)
+def resumed(path: Path, parent: int) -> Stats:
+    """The counters a previous recorder of this proxy published: they go on, not from zero."""
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        last = orjson.loads(path.read_bytes())
+        if last.get("ppid") == parent:
+            return Stats(**{k: last[k] for k in COUNTERS if isinstance(last.get(k), int)})
+    return Stats()
+
+
+async def run(reader: SpoolReader, url: str, parent: int) -> int:
+    """Write the spool until told to stop (0), or until the writer fails (1: restart us)."""
+    status = reader.directory / STATUS
+    stats = resumed(status, parent)
+    writer = Writer(reader, url, stats, on_commit=lambda: publish(status, stats))
     writer.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    status = reader.directory / STATUS
     while not stop.is_set():
         publish(status, stats)
         if os.getppid() != parent:
             log.warning("the proxy is gone; recorder flushing and stopping")
             break
+        if (failure := writer.failure) is not None:
+            log.error(
+                "the recorder's writer stopped on %s: %s; exiting to be restarted",
+                type(failure).__name__,
+                str(failure).strip().splitlines()[0] if str(failure).strip() else "",
+                exc_info=failure,
+            )
+            return 1
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), PUBLISH_EVERY)
     await writer.stop(FLUSH_TIMEOUT)
     publish(status, stats)
+    return 0
 
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the proxy drains first, then stops us
     with contextlib.suppress(OSError):
         os.nice(19)  # background work: the proxy's requests come first on a busy CPU
-    spool_dir, parent, first_segment = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    spool_dir, parent = Path(sys.argv[1]), int(sys.argv[2])
     logs.setup(os.environ.get("CURATION_LOG_LEVEL", "INFO"))
     reader = SpoolReader(spool_dir)
     reader.open()
@@ -79,23 +103,28 @@ def main() -> None:
             import uvloop
 
             uvloop.install()
-        asyncio.run(run(reader, os.environ[URL_ENV], parent, first_segment))
+        code = asyncio.run(run(reader, os.environ[URL_ENV], parent))
     finally:
         reader.close()
+    sys.exit(code)
 
 
 class Recorder:
     """The proxy's handle on its recorder process."""
 
-    def __init__(self, spool_dir: Path, url: str, first_segment: int) -> None:
+    def __init__(self, spool_dir: Path, url: str, stall_seconds: float = 60.0) -> None:
         self.spool_dir = spool_dir
         self.url = url
-        self.first_segment = first_segment
+        self.stall_seconds = stall_seconds
         self.restarts = 0
+        self.stalled = False  # from a stall until the next progress
         self._proc: subprocess.Popen[bytes] | None = None
         self._status: dict[str, Any] = {}
         self._read_at = 0.0
         self._stopping = False
+        self._committed: Position | None = None
+        # the committed position, and when it last moved
+        self._progress: tuple[Position | None, float] = (None, time.monotonic())
 
     def start(self) -> None:
         env = {**os.environ, URL_ENV: self.url}
@@ -106,20 +135,52 @@ class Recorder:
                 "curation.proxy.recorder",
                 str(self.spool_dir),
                 str(os.getpid()),
-                str(self.first_segment),
             ],
             env=env,
             stdin=subprocess.DEVNULL,
         )
+        self._progress = (self.committed(), time.monotonic())
 
     async def supervise(self) -> None:
-        """Restart the recorder if it dies (the spool keeps what it had not written)."""
+        """Restart the recorder if it dies or stalls (the spool keeps what it had not written)."""
         while not self._stopping:
             await asyncio.sleep(1.0)
-            if self._proc is not None and self._proc.poll() is not None and not self._stopping:
+            if self._stopping or self._proc is None:
+                continue
+            if self._proc.poll() is not None:
                 log.error("recorder exited with %s; restarting it", self._proc.returncode)
-                self.restarts += 1
-                self.start()
+                self._restart()
+            elif self._check_progress():
+                log.error(
+                    "recorder made no progress for %ss with %d spooled bytes waiting; restarting it",
+                    self.stall_seconds,
+                    self.backlog(),
+                )
+                self._restart()
+
+    def _check_progress(self) -> bool:
+        """True when the recorder has stalled: captures wait, nothing moves, PostgreSQL is up."""
+        committed, now = self.committed(), time.monotonic()
+        waiting_for_database = self.fresh and not self.status().get("database_ok")
+        if committed != self._progress[0] or waiting_for_database or self.backlog() == 0:
+            self._progress = (committed, now)
+            self.stalled = False
+            return False
+        if now - self._progress[1] < self.stall_seconds:
+            return False
+        self.stalled = True
+        return True
+
+    def _restart(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()  # exactly once holds across kill -9: the spool is replayed
+            self._proc.wait()
+        self.restarts += 1
+        self.start()
+
+    def backlog(self) -> int:
+        """Spooled bytes past the recorder's checkpoint."""
+        return bytes_after(segment_sizes(self.spool_dir), self.committed())
 
     async def stop(self, timeout: float = FLUSH_TIMEOUT + 5) -> None:
         self._stopping = True
@@ -144,22 +205,27 @@ class Recorder:
         return self._status
 
     @property
-    def alive(self) -> bool:
+    def fresh(self) -> bool:
+        """The recorder's loop published lately."""
         at = self.status().get("at")
-        return (
-            self._proc is not None
-            and self._proc.poll() is None
-            and at is not None
-            and time.time() - at < 5
-        )
+        return isinstance(at, float) and time.time() - at < STALE
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None and self.fresh
 
     @property
     def database_ok(self) -> bool:
         return self.alive and bool(self.status().get("database_ok"))
 
     def committed(self) -> Position | None:
-        committed = self.status().get("committed")
-        return Position(*committed) if committed else None
+        """The spool position PostgreSQL has everything before (it never moves back, even
+        while a restarted recorder has not yet read it from the database)."""
+        with contextlib.suppress(TypeError, ValueError):
+            published = Position(*self.status().get("committed") or ())
+            if self._committed is None or published > self._committed:
+                self._committed = published
+        return self._committed
 
 
 if __name__ == "__main__":

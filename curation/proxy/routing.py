@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from multidict import CIMultiDict
 
@@ -68,6 +69,22 @@ def route(method: str, path: str, header_namespace: str | None, default_namespac
         )
     record = method == "POST" and path.rstrip("/") == CHAT_PATH
     return Route(upstream_path=path, namespace=namespace, record=record)
+
+
+def check_path(raw_path: str) -> None:
+    """Refuse a path with dot segments (``..``, ``%2e%2e``, ``.``) or an encoded slash:
+    the upstream would resolve them to a path other than the one routed here
+    (``/ns/ok/v1/../../v1/chat/completions`` is an unrecorded chat completion)."""
+    path = raw_path.partition("?")[0]
+    for segment in path.split("/"):
+        decoded = unquote(segment)
+        if decoded in (".", "..") or "/" in decoded or "\\" in decoded:
+            raise RouteError(
+                400,
+                f"path segment {segment[:40]!r} is not allowed: "
+                "no '.' or '..' segments and no encoded slashes",
+                "invalid_path",
+            )
 
 
 def upstream_headers(headers: Mapping[str, str], upstream_key: str | None) -> CIMultiDict[str]:

@@ -19,6 +19,7 @@ from curation import logs
 from curation.config import Settings
 from curation.db import connect, migrate
 from curation.errors import DatabaseUnavailable, InvalidInput
+from curation.proxy import protocol
 from curation.proxy.app import Proxy, build_app
 from curation.proxy.metrics import Metrics, RecorderCollector
 from curation.proxy.recorder import Recorder
@@ -53,6 +54,7 @@ def prepare_database(settings: Settings) -> str:
 
 def serve(settings: Settings) -> None:
     logs.setup(settings.log_level)
+    protocol.redact_parser_errors()
     host, port = parse_listen(settings.listen)
     metrics = Metrics()
     spool = Spool(
@@ -64,8 +66,7 @@ def serve(settings: Settings) -> None:
     spool.open()
     try:
         url = prepare_database(settings)
-        recorder = Recorder(spool.directory, url, spool.first_segment)
-        spool.committed = recorder.committed
+        recorder = Recorder(spool.directory, url, settings.recorder_stall_seconds)
         metrics.registry.register(RecorderCollector(recorder, spool))
         try:
             import uvloop
@@ -84,9 +85,16 @@ async def _run(proxy: Proxy, host: str, port: int) -> None:
         build_app(proxy), access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=2048, reuse_address=True)
+    assert runner.server is not None
+    loop = asyncio.get_running_loop()
     try:
-        await site.start()
+        listener = await loop.create_server(
+            protocol.factory(runner.server, proxy.settings, proxy.metrics),
+            host,
+            port,
+            backlog=2048,
+            reuse_address=True,
+        )
     except OSError as exc:
         await runner.cleanup()
         await proxy.recorder.stop()
@@ -95,7 +103,6 @@ async def _run(proxy: Proxy, host: str, port: int) -> None:
         ) from exc
     gc.freeze()  # start-up objects never need collecting: keeps GC pauses short
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info(
@@ -109,6 +116,7 @@ async def _run(proxy: Proxy, host: str, port: int) -> None:
     )
     await stop.wait()
     log.info("shutting down: finishing in-flight calls")
+    listener.close()
     await runner.cleanup()
     await proxy.recorder.stop()
     proxy.spool.rescan()

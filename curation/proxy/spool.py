@@ -16,6 +16,11 @@ means "not yet", anywhere else "torn".
 
 Over ``max_bytes`` the appender drops the oldest segment (its unwritten
 frames are counted as dropped): the proxy keeps serving, the newest data wins.
+The count is exact: the reader holds a shared ``flock`` on the segment it
+reads from and notes its position in ``read.pos`` before letting go; the
+appender drops a segment only under an exclusive ``flock``, counts the frames
+past that position (frames the reader took are not lost: they are written
+from memory), and the reader skips a segment it finds unlinked.
 """
 
 from __future__ import annotations
@@ -24,8 +29,11 @@ import contextlib
 import fcntl
 import logging
 import os
+import struct
 import time
 import uuid
+from array import array
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +48,7 @@ log = logging.getLogger("curation.spool")
 MAGIC = b"CUR1"
 SUFFIX = ".seg"
 MAX_HEADER = 80
+READ_POS = "read.pos"  # the reader's position: two little-endian int64
 
 
 @dataclass(frozen=True, order=True)
@@ -54,6 +63,16 @@ class Frame:
     request: bytes
     response: bytes
     segment: int = 0
+    offset: int = 0  # where the frame starts in its segment
+    size: int = 0  # its bytes on disk, header included
+
+    @property
+    def position(self) -> Position:
+        return Position(self.segment, self.offset)
+
+    @property
+    def end(self) -> Position:
+        return Position(self.segment, self.offset + self.size)
 
 
 def encode(meta: dict[str, object], request: bytes, response: bytes) -> bytes:
@@ -73,6 +92,25 @@ def _lengths(header: bytes) -> tuple[int, int, int] | None:
     return (a, b, c) if min(a, b, c) >= 0 else None
 
 
+def segment_sizes(directory: Path) -> dict[int, int]:
+    """Segment number -> size, as the directory has them now."""
+    found = {}
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(directory):
+            if entry.name.endswith(SUFFIX):
+                with contextlib.suppress(FileNotFoundError, ValueError):
+                    found[int(entry.name[: -len(SUFFIX)])] = entry.stat().st_size
+    return found
+
+
+def bytes_after(sizes: dict[int, int], position: Position | None) -> int:
+    """Bytes of the segments ``sizes`` past ``position`` (a reader's checkpoint)."""
+    if position is None:
+        return sum(sizes.values())
+    later = sum(size for seg, size in sizes.items() if seg > position.segment)
+    return later + max(0, sizes.get(position.segment, 0) - position.offset)
+
+
 class _Directory:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -84,13 +122,7 @@ class _Directory:
 
     def on_disk(self) -> dict[int, int]:
         """Segment number -> size, as the directory has them now."""
-        found = {}
-        with contextlib.suppress(FileNotFoundError):
-            for entry in os.scandir(self.directory):
-                if entry.name.endswith(SUFFIX):
-                    with contextlib.suppress(FileNotFoundError, ValueError):
-                        found[int(entry.name[: -len(SUFFIX)])] = entry.stat().st_size
-        return found
+        return segment_sizes(self.directory)
 
     def _lock(self, name: str, *, wait: float = 0.0) -> None:
         try:
@@ -134,17 +166,16 @@ class Spool(_Directory):
         fsync: bool = False,
         segment_bytes: int | None = None,
         on_drop: Callable[[int], None] | None = None,
-        committed: Callable[[], Position | None] | None = None,
     ) -> None:
         super().__init__(directory)
         self.max_bytes = max_bytes
         self.fsync = fsync
         self.segment_bytes = segment_bytes or max(64 * 1024, min(64 << 20, max_bytes // 8))
         self.on_drop = on_drop
-        self.committed = committed or (lambda: None)
         self.appended = 0
         self.first_segment = 1
         self._sizes: dict[int, int] = {}
+        self._ends: dict[int, array[int]] = {}  # where each whole frame ends, per segment
         self._active = 0
         self._fd = -1
 
@@ -158,6 +189,7 @@ class Spool(_Directory):
             tmp.replace(id_file)
         self.id = id_file.read_text().strip()
         self._sizes = self.on_disk()
+        self._ends = {segment: _frame_ends(self.path(segment)) for segment in self._sizes}
         self.first_segment = max(self._sizes, default=0) + 1
         self._start_segment(self.first_segment)
 
@@ -173,16 +205,27 @@ class Spool(_Directory):
         self._fd = os.open(self.path(segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._active = segment
         self._sizes[segment] = 0
+        self._ends[segment] = array("q")
 
     def append(self, frame: bytes) -> None:
-        """Write one encoded frame; raises OSError if the disk refuses it."""
+        """Write one encoded frame; raises OSError if the disk refuses it (then it is
+        not in the spool: a partly written frame is cut off again)."""
+        before = self._sizes[self._active]
         view = memoryview(frame)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError:
+            self._cut_back(before)
+            raise
         if self.fsync:
-            os.fsync(self._fd)
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:  # the frame is written; only its durability is in doubt
+                log.warning("spool fsync failed: %s", exc)
         self._sizes[self._active] += len(frame)
+        self._ends[self._active].append(before + len(frame))
         self.appended += 1
         if self._sizes[self._active] >= self.segment_bytes:
             self._start_segment(self._active + 1)
@@ -190,10 +233,20 @@ class Spool(_Directory):
             self.rescan()
             self._drop_oldest()
 
+    def _cut_back(self, size: int) -> None:
+        """Remove a partly written frame, so the reader never waits on it; failing
+        that, go on in a new segment (the reader skips a torn end of an old one)."""
+        try:
+            os.ftruncate(self._fd, size)
+        except OSError:
+            with contextlib.suppress(OSError):
+                self._start_segment(self._active + 1)
+
     def rescan(self) -> None:
         """Forget segments the reader has deleted (it owns that)."""
         disk = self.on_disk()
         self._sizes = {k: v for k, v in self._sizes.items() if k in disk or k == self._active}
+        self._ends = {k: v for k, v in self._ends.items() if k in self._sizes}
 
     @property
     def total_bytes(self) -> int:
@@ -202,11 +255,19 @@ class Spool(_Directory):
     def bytes_after(self, position: Position | None) -> int:
         """Spooled bytes past ``position`` (the recorder's checkpoint): its exact backlog.
         Call ``rescan`` first to see the recorder's deletions."""
-        sizes = self._sizes
-        if position is None:
-            return sum(sizes.values())
-        later = sum(size for seg, size in sizes.items() if seg > position.segment)
-        return later + max(0, sizes.get(position.segment, 0) - position.offset)
+        return bytes_after(self._sizes, position)
+
+    def frames_after(self, position: Position | None) -> int:
+        """Whole frames past ``position``: the captures not yet in PostgreSQL."""
+        return sum(self._frames_after(segment, position) for segment in self._ends)
+
+    def _frames_after(self, segment: int, position: Position | None) -> int:
+        ends = self._ends.get(segment, array("q"))
+        if position is None or segment > position.segment:
+            return len(ends)
+        if segment < position.segment:
+            return 0
+        return len(ends) - bisect_right(ends, position.offset)
 
     def _drop_oldest(self) -> None:
         while self.total_bytes > self.max_bytes:
@@ -214,16 +275,9 @@ class Spool(_Directory):
             if oldest == self._active:
                 self._start_segment(self._active + 1)
                 continue
-            done = self.committed()
-            start = done.offset if done is not None and done.segment == oldest else 0
-            lost = (
-                0
-                if done is not None and done.segment > oldest
-                else self._count_frames(oldest, start)
-            )
-            self._sizes.pop(oldest, None)
-            with contextlib.suppress(FileNotFoundError):
-                self.path(oldest).unlink()
+            lost = self._drop(oldest)
+            if lost is None:
+                return  # the reader is in it this instant: drop it on the next append
             log.error(
                 "spool over its cap of %d bytes: dropped segment %d with %d unwritten records",
                 self.max_bytes,
@@ -233,17 +287,51 @@ class Spool(_Directory):
             if self.on_drop and lost:
                 self.on_drop(lost)
 
-    def _count_frames(self, segment: int, offset: int) -> int:
-        count = 0
-        with contextlib.suppress(FileNotFoundError), open(self.path(segment), "rb") as f:
-            f.seek(offset)
-            while (header := f.readline(MAX_HEADER)).endswith(b"\n"):
-                lengths = _lengths(header)
-                if lengths is None:
-                    break
-                f.seek(sum(lengths) + 1, os.SEEK_CUR)
-                count += 1
-        return count
+    def _drop(self, segment: int) -> int | None:
+        """Delete ``segment``; the frames the reader never took from it, or None if busy."""
+        try:
+            fd = os.open(self.path(segment), os.O_RDONLY)
+        except FileNotFoundError:  # the reader released it meanwhile
+            lost = 0
+        else:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            try:
+                lost = self._frames_after(segment, read_position(self.directory))
+                self.path(segment).unlink()
+            finally:
+                os.close(fd)
+        self._sizes.pop(segment, None)
+        self._ends.pop(segment, None)
+        return lost
+
+
+def read_position(directory: Path) -> Position | None:
+    """Where the reader is (None: no reader has read this spool yet)."""
+    try:
+        raw = (directory / READ_POS).read_bytes()
+    except FileNotFoundError:
+        return None
+    return Position(*struct.unpack("<qq", raw)) if len(raw) == 16 else None
+
+
+def _frame_ends(path: Path) -> array[int]:
+    """Where each whole frame of a segment ends (up to a torn one, as the reader sees it)."""
+    ends = array("q")
+    with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        while (header := f.readline(MAX_HEADER)).endswith(b"\n"):
+            lengths = _lengths(header)
+            if lengths is None:
+                break
+            end = f.seek(sum(lengths) + 1, os.SEEK_CUR)
+            if end > size:
+                break
+            ends.append(end)
+    return ends
 
 
 class SpoolReader(_Directory):
@@ -254,6 +342,8 @@ class SpoolReader(_Directory):
         self.torn = 0
         self._read = Position(0, 0)
         self._file: tuple[int, BinaryIO] | None = None
+        self._locked = False  # a shared flock on the open segment: the appender waits
+        self._pos_fd = -1
 
     def open(self, wait: float = 30.0) -> None:
         """Take the reader lock (waiting for a previous recorder to finish) and the spool id."""
@@ -265,17 +355,24 @@ class SpoolReader(_Directory):
         self.id = id_file.read_text().strip()
         segments = self.on_disk()
         self._read = Position(min(segments, default=1), 0)
+        self._pos_fd = os.open(self.directory / READ_POS, os.O_RDWR | os.O_CREAT, 0o600)
 
     def close(self) -> None:
-        if self._file:
-            self._file[1].close()
-            self._file = None
+        self._close_segment()
+        if self._pos_fd >= 0:
+            os.close(self._pos_fd)
+            self._pos_fd = -1
         self._unlock()
 
     def seek(self, position: Position | None) -> None:
         """Start reading after ``position`` (the database's checkpoint)."""
         if position is not None:
             self._read = max(self._read, position)
+            self._note_position()  # frames a dead reader took but never wrote count again
+
+    def _note_position(self) -> None:
+        if self._pos_fd >= 0:
+            os.pwrite(self._pos_fd, struct.pack("<qq", self._read.segment, self._read.offset), 0)
 
     @property
     def read_position(self) -> Position:
@@ -283,6 +380,12 @@ class SpoolReader(_Directory):
 
     def read(self, max_frames: int, max_bytes: int) -> list[Frame]:
         """The next frames in order (fewer when caught up); advances the read position."""
+        try:
+            return self._read_frames(max_frames, max_bytes)
+        finally:
+            self._let_go()
+
+    def _read_frames(self, max_frames: int, max_bytes: int) -> list[Frame]:
         frames: list[Frame] = []
         size = 0
         segments = sorted(self.on_disk())
@@ -309,11 +412,31 @@ class SpoolReader(_Directory):
         return frames
 
     def _handle(self, segment: int) -> BinaryIO:
+        """The segment's file, under a shared flock; FileNotFoundError once it is dropped."""
         if self._file is None or self._file[0] != segment:
-            if self._file:
-                self._file[1].close()
+            self._close_segment()
             self._file = (segment, open(self.path(segment), "rb"))  # noqa: SIM115 - kept open across reads
-        return self._file[1]
+        f = self._file[1]
+        if not self._locked:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+            self._locked = True
+            if os.fstat(f.fileno()).st_nlink == 0:  # dropped over the cap (and counted)
+                self._close_segment()
+                raise FileNotFoundError(self.path(segment))
+        return f
+
+    def _let_go(self) -> None:
+        """Note the position, then let the appender drop the segment if it must."""
+        if self._locked and self._file is not None:
+            self._note_position()
+            fcntl.flock(self._file[1].fileno(), fcntl.LOCK_UN)
+        self._locked = False
+
+    def _close_segment(self) -> None:
+        self._let_go()
+        if self._file is not None:
+            self._file[1].close()
+            self._file = None
 
     def _next_frame(self, segment: int, growing: bool) -> Frame | None:
         f = self._handle(segment)
@@ -322,6 +445,9 @@ class SpoolReader(_Directory):
         if not header:
             return None
         lengths = _lengths(header) if header.endswith(b"\n") else None
+        on_disk = os.fstat(f.fileno()).st_size - self._read.offset - len(header)
+        if lengths is not None and sum(lengths) + 1 > on_disk:
+            lengths = None  # not all there (yet): never read a length a corrupt header claims
         body = f.read(sum(lengths) + 1) if lengths else b""
         if lengths is None or len(body) != sum(lengths) + 1 or not body.endswith(b"\n"):
             if not growing:
@@ -333,12 +459,15 @@ class SpoolReader(_Directory):
                 )
             return None
         meta_len, req_len, _ = lengths
-        self._read = Position(segment, self._read.offset + len(header) + len(body))
+        start = self._read.offset
+        self._read = Position(segment, start + len(header) + len(body))
         return Frame(
-            meta=orjson.loads(body[:meta_len]),
+            meta=_meta(body[:meta_len]),
             request=body[meta_len : meta_len + req_len],
             response=body[meta_len + req_len : -1],
             segment=segment,
+            offset=start,
+            size=len(header) + len(body),
         )
 
     def release(self, committed: Position) -> None:
@@ -347,7 +476,15 @@ class SpoolReader(_Directory):
             if segment >= committed.segment:
                 break
             if self._file and self._file[0] == segment:
-                self._file[1].close()
-                self._file = None
+                self._close_segment()
             with contextlib.suppress(FileNotFoundError):
                 self.path(segment).unlink()
+
+
+def _meta(raw: bytes) -> dict[str, object]:
+    """A frame's metadata; damaged metadata reads as empty (the writer rejects the frame)."""
+    try:
+        meta = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return meta if isinstance(meta, dict) else {}

@@ -4,7 +4,9 @@ It runs in the recorder process (see recorder.py), off the proxy's request
 path, and polls the spool. PostgreSQL down:
 it retries with backoff while the spool grows. A batch PostgreSQL refuses
 for its data is retried row by row; rows it still refuses go to
-``rejected.jsonl`` in the spool directory (kept, counted, logged).
+``rejected.jsonl`` in the spool directory (kept, counted, logged). So does a
+frame that cannot become a row, whatever the reason: one capture never
+stops the ones after it (see also quarantine.py).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import psycopg
 
 from curation.capture import row as capture_row
 from curation.db import capture as db
+from curation.proxy.quarantine import Note, SetAside, Span
 from curation.proxy.spool import Frame, Position, SpoolReader
 
 log = logging.getLogger("curation.writer")
@@ -45,18 +48,24 @@ class Stats:
     rejected: int = 0
     unrecordable: int = 0
     torn: int = 0
-    committed_frames: int = 0  # in segments this proxy run appended to
     committed: tuple[int, int] = (0, 0)
 
 
 class Writer:
     def __init__(
-        self, spool: SpoolReader, url: str, stats: Stats | None = None, first_segment: int = 0
+        self,
+        spool: SpoolReader,
+        url: str,
+        stats: Stats | None = None,
+        on_commit: Callable[[], None] | None = None,
     ) -> None:
         self.spool = spool
         self.url = url
         self.stats = stats or Stats()
-        self.first_segment = first_segment
+        self.on_commit = on_commit or (lambda: None)
+        self.note = Note(spool.directory)
+        self._suspect = self.note.load()
+        self.set_aside = SetAside(spool.directory)
         self.known_namespaces: set[str] | None = None
         self._conn: db.AsyncConnection | None = None
         self._committed = Position(0, 0)
@@ -64,6 +73,7 @@ class Writer:
         self._task: asyncio.Task[None] | None = None
         self._backoff = 0.1
         self._fresh_connection = False
+        self._torn_seen = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="curation-writer")
@@ -72,21 +82,27 @@ class Writer:
     def database_ok(self) -> bool:
         return self.stats.database_ok
 
+    @property
+    def failure(self) -> BaseException | None:
+        """What ended the writer's loop when it ended by itself (a bug): the recorder exits."""
+        task = self._task
+        if task is None or not task.done() or task.cancelled():
+            return None
+        return task.exception()
+
     async def stop(self, timeout: float) -> bool:
         """Flush what is spooled (up to ``timeout``); True when nothing is left."""
         self._stopping = True
         if self._task is None:
             return True
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout)
-        except TimeoutError:
+        await asyncio.wait({self._task}, timeout=timeout)  # its failure is ``failure``'s
+        if not self._task.done():
             self._task.cancel()
             log.warning(
                 "writer stopped with records still in the spool; they are replayed on start"
             )
-        if self._conn is not None:
-            await self._conn.close()
-        return self._task.done() and not self._task.cancelled()
+        await self._close()
+        return self._task.done() and not self._task.cancelled() and self.failure is None
 
     # -- the loop --------------------------------------------------------
 
@@ -108,8 +124,10 @@ class Writer:
                 return  # stopping while PostgreSQL is down: the spool keeps the rest
             self._committed = end
             self.stats.committed = (end.segment, end.offset)
-            self.stats.committed_frames += sum(1 for f in frames if f.segment >= self.first_segment)
-            self.stats.torn = self.spool.torn
+            self.stats.torn += self.spool.torn - self._torn_seen
+            self._torn_seen = self.spool.torn
+            self.set_aside.committed()
+            self.on_commit()
             self.spool.release(end)
 
     async def _read_batch(self) -> list[Frame]:
@@ -137,21 +155,48 @@ class Writer:
         if checkpoint:
             self.spool.seek(Position(*checkpoint))
             self._committed = max(self._committed, Position(*checkpoint))
+            self.stats.committed = (self._committed.segment, self._committed.offset)
         self._up()
         return True
 
     async def _build(self, frames: Sequence[Frame]) -> list[capture_row.Row]:
+        """The rows of ``frames``; a frame that cannot be one is set aside, never raised."""
+        if not frames:
+            return []
+        careful = self._suspect is not None and frames[0].position < self._suspect.end
+        if not careful:
+            self._suspect = None
+            self.note.write(Span(frames[0].position, frames[-1].end))
         rows = []
         for i, frame in enumerate(frames):
-            try:
-                capture = capture_row.Capture.from_meta(frame.meta, frame.request, frame.response)
-                rows.append(capture_row.build(capture))
-            except (capture_row.Unrecordable, KeyError, TypeError, ValueError, OSError) as exc:
-                self.stats.unrecordable += 1
-                self._reject(frame, f"unrecordable: {exc}")
+            built = self._build_alone(frame) if careful else self._build_one(frame)
+            if built is not None:
+                rows.append(built)
             if i % SLICE == SLICE - 1:
                 await asyncio.sleep(0)
+        self.note.clear()
         return rows
+
+    def _build_alone(self, frame: Frame) -> capture_row.Row | None:
+        """After a death while parsing: one frame at a time, the one it died on twice set aside."""
+        suspect = self._suspect
+        if suspect is None or frame.position >= suspect.end:
+            return self._build_one(frame)
+        if suspect.frame == frame.position:
+            self._unrecordable(frame, "the recorder died twice while parsing it; not parsed again")
+            return None
+        self.note.write(Span(suspect.start, suspect.end, frame.position))
+        return self._build_one(frame)
+
+    def _build_one(self, frame: Frame) -> capture_row.Row | None:
+        try:
+            capture = capture_row.Capture.from_meta(frame.meta, frame.request, frame.response)
+            return capture_row.build(capture)
+        except capture_row.Unrecordable as exc:
+            self._unrecordable(frame, str(exc))
+        except Exception as exc:  # a parsing bug costs this capture, never the ones after it
+            self._unrecordable(frame, f"capture parsing failed with {type(exc).__name__}")
+        return None
 
     async def commit(self, rows: list[capture_row.Row], end: Position) -> bool:
         """Write ``rows`` and move the checkpoint to ``end``; False if stopped first."""
@@ -170,11 +215,12 @@ class Writer:
                         return True
                 try:
                     await self._write(conn, rows, end)
-                except psycopg.Error:
+                    written = len(rows)
+                except Exception:  # psycopg refused, or could not send, a value of some row
                     if conn.broken or conn.closed:
                         raise
-                    await self._write_one_by_one(conn, rows, end)
-                self.stats.rows_written += len(rows)
+                    written = await self._write_one_by_one(conn, rows, end)
+                self.stats.rows_written += written
                 self._up()
                 return True
             except (*ConnectionErrors, psycopg.Error) as exc:
@@ -197,20 +243,28 @@ class Writer:
 
     async def _write_one_by_one(
         self, conn: db.AsyncConnection, rows: Sequence[capture_row.Row], end: Position
-    ) -> None:
+    ) -> int:
+        """Each row in a savepoint of its own; those refused go to rejected.jsonl. How many went in."""
         self.stats.write_errors += 1
+        written: set[str] = set()
+        count = 0
         async with conn.transaction():
-            await self._ensure_namespaces(conn, rows)
             for r in rows:
                 try:
                     async with conn.transaction():
+                        if r.namespace not in written:  # whatever known_namespaces believes
+                            await db.create_namespaces(conn, {r.namespace})
                         await db.insert_rows(conn, [r], clear=True)
-                except psycopg.Error as exc:
+                    written.add(r.namespace)
+                    count += 1
+                except Exception as exc:
                     if conn.broken or conn.closed:
                         raise
                     self.stats.rejected += 1
-                    self._reject_row(r, str(exc).splitlines()[0])
-            await db.set_checkpoint(conn, self.spool.id, end.segment, end.offset, len(rows))
+                    self._reject_row(r, _first_line(exc))
+            await db.set_checkpoint(conn, self.spool.id, end.segment, end.offset, count)
+        self.known_namespaces = (self.known_namespaces or set()) | written
+        return count
 
     async def _ensure_namespaces(
         self, conn: db.AsyncConnection, rows: Sequence[capture_row.Row]
@@ -245,16 +299,31 @@ class Writer:
         await asyncio.sleep(self._backoff)
         self._backoff = min(self._backoff * 2, 5.0)
 
-    def _reject(self, frame: Frame, reason: str) -> None:
+    def _unrecordable(self, frame: Frame, reason: str) -> None:
+        """Keep a frame that cannot be a row aside: counted, logged once (never its body)."""
+        if frame.position in self.set_aside.positions:
+            return  # set aside before a restart: already kept, counted and logged
+        self.stats.unrecordable += 1
+        namespace = frame.meta.get("ns")
+        shown = namespace[:60] if isinstance(namespace, str) else "?"
+        log.error(
+            "capture of namespace %s not recorded: %s (kept in rejected.jsonl)",
+            shown,
+            reason,
+            extra={"namespace": shown, "reason": reason},
+        )
         self._append_rejected(
             {
                 "at": time.time(),
-                "reason": reason,
+                "reason": f"unrecordable: {reason}",
+                "spool": self.spool.id,
+                "position": [frame.segment, frame.offset],
                 "meta": frame.meta,
                 "request": frame.request.decode("utf-8", "replace"),
                 "response": frame.response.decode("utf-8", "replace"),
             }
         )
+        self.set_aside.add(frame.position)
 
     def _reject_row(self, r: capture_row.Row, reason: str) -> None:
         log.error("PostgreSQL refused a capture of namespace %s: %s", r.namespace, reason)
@@ -262,5 +331,13 @@ class Writer:
 
     def _append_rejected(self, entry: dict[str, object]) -> None:
         path: Path = self.spool.directory / "rejected.jsonl"
-        with open(path, "ab") as f:
-            f.write(orjson.dumps(entry, default=str) + b"\n")
+        try:
+            with open(path, "ab") as f:
+                f.write(orjson.dumps(entry, default=str) + b"\n")
+        except OSError as exc:  # counted and logged all the same; the writer goes on
+            log.error("could not keep a capture in %s: %s", path, exc)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

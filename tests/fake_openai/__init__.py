@@ -10,6 +10,7 @@ proxy forwards like any other:
     X-Fake-Delay: 0.5           wait this long before the response head
     X-Fake-Cut: 2               streams: stop (drop the connection) after N chunks
     X-Fake-Chunk-Delay: 0.05    streams: pause between chunks
+    X-Fake-Raw: name            answer 200 with ``fake.raw[name]``: (content type, body bytes)
 
 Answers are deterministic: ``answer(model, messages)``.
 Run alone: ``python -m tests.fake_openai --port 9000 [--delay 0.02]``.
@@ -36,6 +37,7 @@ class FakeOpenAI(ChatAPI, TuningAPI):
     seen: list[Seen] = field(default_factory=list)
     keep_seen: bool = True
     answers: dict[str, Any] = field(default_factory=dict)  # model -> callable(messages) -> str
+    raw: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # X-Fake-Raw canned bodies
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     page_cap: int = 100  # lower it to make clients paginate

@@ -34,6 +34,7 @@ class ChatAPI:
     keep_seen: bool
     seen: list[Any]
     answers: dict[str, Any]
+    raw: dict[str, tuple[str, bytes]]
 
     def answer(self, model: str, request: dict[str, Any]) -> dict[str, Any]:
         """The assistant message this fake gives: deterministic from the input."""
@@ -109,6 +110,11 @@ class ChatAPI:
                 "invalid_request_error",
                 "invalid_api_key",
                 request_id,
+            )
+        canned = self.raw.get(request.headers.get("X-Fake-Raw", ""))
+        if canned is not None:
+            return web.Response(
+                body=canned[1], content_type=canned[0], headers=self.headers(request_id)
             )
         forced = request.headers.get("X-Fake-Status") or ("429" if self._failing("chat") else None)
         if forced:

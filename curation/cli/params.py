@@ -1,0 +1,31 @@
+"""Argument types shared by the commands: row ids are positive bigints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from curation.curate.rows import ROW_ID_MAX, parse_ids
+from curation.errors import InvalidInput
+
+ROW_ID = click.IntRange(1, ROW_ID_MAX)
+
+
+class RowIds(click.ParamType[tuple[int, ...]]):
+    """``--ids 3,14,15`` as a tuple of row ids."""
+
+    name = "ids"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[int, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return tuple(parse_ids(str(value)))
+        except InvalidInput as exc:
+            self.fail(str(exc), param, ctx)
+
+
+ROW_IDS = RowIds()

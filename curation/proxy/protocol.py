@@ -1,0 +1,136 @@
+"""The proxy's client connections, below the handler: what aiohttp's HTTP parser
+refuses, and connections that hold the proxy without sending a request.
+
+aiohttp answers a request it cannot parse (a header or URL over its limit, too
+many headers, garbage) with a ``text/plain`` 400 and logs the parser's message,
+which quotes the offending bytes: an ``Authorization`` header over 8,190 bytes
+reached the ERROR log. Here such a request gets OpenAI's error shape, is
+counted, and is logged as one line naming the error class, never its bytes; a
+logging filter drops the bytes from any other record that carries a parser
+error. A connection without a whole request head for ``idle_timeout`` seconds
+(a new one, an idle keep-alive one, or one sending its head a byte at a time)
+is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import orjson
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+
+from curation.config import Settings
+from curation.proxy import routing
+from curation.proxy.metrics import Metrics
+
+log = logging.getLogger("curation.proxy")
+
+MAX_URL_BYTES = 16 * 1024  # the request line
+MAX_HEADER_BYTES = 8190  # one header's name or value (aiohttp's default)
+MAX_HEADERS = 128
+LINGER_SECONDS = 5.0  # after an early answer (413, 408), read and drop the rest this long
+
+
+class Connection(web.RequestHandler):
+    """One client connection; requests the parser refuses are answered in OpenAI's shape."""
+
+    metrics: Metrics
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if isinstance(exc, HttpProcessingError):
+            status, text, code = refusal(exc)
+            log.info("refused a request the HTTP parser rejected: %s", type(exc).__name__)
+        else:  # the handler raised: a bug, logged with its traceback as aiohttp does
+            if exc is not None:
+                log.error("the proxy failed on a request", exc_info=exc)
+            text, code = "The curation proxy failed on this request.", "proxy_error"
+        if request.writer.output_size > 0:  # the response has begun: only closing is left
+            raise ConnectionError("response already started")
+        self.metrics.requests.labels("", "other", str(status)).inc()
+        kind = "api_error" if status >= 500 else "invalid_request_error"
+        response = web.Response(
+            status=status,
+            body=orjson.dumps(routing.error_body(text, code, kind)),
+            content_type="application/json",
+        )
+        response.force_close()
+        return response
+
+    def eof_received(self) -> bool:  # type: ignore[override]  # asyncio's: bool | None
+        """The client closed its sending side (as ``nc`` does): still answer what it sent."""
+        return True
+
+
+def refusal(exc: HttpProcessingError) -> tuple[int, str, str]:
+    """Status, message and code for a request the parser refused; never its bytes."""
+    if isinstance(exc, LineTooLong):
+        if exc.args[1:2] == (MAX_URL_BYTES,):
+            return (
+                414,
+                f"The request URL is over the curation proxy's limit of {MAX_URL_BYTES} bytes.",
+                "request_uri_too_long",
+            )
+        return 431, header_limit_message(), "request_header_too_large"
+    if "too many headers" in exc.message.lower():
+        return 431, header_limit_message(), "request_header_too_large"
+    return (
+        400,
+        f"The curation proxy could not parse this HTTP request ({type(exc).__name__}); "
+        "a body needs a Content-Length header or chunked transfer encoding.",
+        "malformed_request",
+    )
+
+
+def header_limit_message() -> str:
+    return (
+        f"The request headers are over the curation proxy's limits: {MAX_HEADER_BYTES} bytes "
+        f"per header, {MAX_HEADERS} headers."
+    )
+
+
+def factory(server: web.Server, settings: Settings, metrics: Metrics) -> Callable[[], Connection]:
+    """The protocol factory for ``loop.create_server``: one ``Connection`` per client."""
+    loop = asyncio.get_running_loop()
+
+    def make() -> Connection:
+        connection = Connection(
+            server,
+            loop=loop,
+            keepalive_timeout=settings.idle_timeout,
+            access_log=None,  # type: ignore[arg-type]  # aiohttp takes None: no access log
+            max_line_size=MAX_URL_BYTES,
+            max_field_size=MAX_HEADER_BYTES,
+            max_headers=MAX_HEADERS,
+            lingering_time=LINGER_SECONDS,
+        )
+        connection.metrics = metrics
+        return connection
+
+    return make
+
+
+class RedactParserErrors(logging.Filter):
+    """Any record carrying an HTTP parser error loses the error's text: it quotes the
+    request's bytes (an Authorization header, a body) and no header may reach a log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg, record.args = "HTTP parser error: %s", (type(exc).__name__,)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def redact_parser_errors() -> None:
+    """Install ``RedactParserErrors`` on every handler of the root logger."""
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactParserErrors())
