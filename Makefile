@@ -7,7 +7,7 @@ ifneq ($(wildcard $(SHARED_TT)),)
 export TIKTOKEN_CACHE_DIR ?= $(SHARED_TT)
 endif
 
-.PHONY: install run test lint bench bench-proxy bench-export clean
+.PHONY: install run test lint bench bench-proxy bench-export bench-train clean
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,10 @@ bench-proxy: install
 
 bench-export: install
 	$(BIN)/python bench/export.py
+
+## The local LoRA trainer on this machine (needs the train extra; see bench/train.py for a GPU run).
+bench-train: install
+	$(BIN)/python bench/train.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -7,13 +7,14 @@ Every setting has an environment variable and a CLI flag; the CLI builds a
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import platformdirs
 
@@ -32,6 +33,8 @@ class Settings:
     data_dir: Path = field(default_factory=default_data_dir)
     openai_api_key: str | None = None
     openai_base_url: str = "https://api.openai.com/v1"
+    together_api_key: str | None = None
+    together_base_url: str = "https://api.together.ai"
     upstream_url: str = "https://api.openai.com"
     listen: str = "127.0.0.1:8080"
     default_namespace: str = "default"
@@ -40,9 +43,14 @@ class Settings:
     spool_max_bytes: int = 1024 * MiB
     spool_fsync: bool = False
     max_body_bytes: int = 32 * MiB
+    body_timeout: float = 60.0
+    idle_timeout: float = 75.0
+    max_namespaces: int = 100
     upstream_connect_timeout: float = 10.0
     upstream_read_timeout: float = 600.0
     upstream_max_connections: int = 256
+    student_timeout: float = 30.0
+    recorder_stall_seconds: float = 60.0
     proxy_keys: tuple[str, ...] = ()
     access_log: bool = False
     log_level: str = "INFO"
@@ -61,7 +69,7 @@ class Settings:
             value = getattr(self, f.name)
             if f.name == "database_url":
                 value = mask_url(value) if value else "(unset: embedded PostgreSQL)"
-            elif f.name == "openai_api_key":
+            elif f.name in ("openai_api_key", "together_api_key"):
                 value = mask_secret(value)
             elif f.name == "proxy_keys":
                 value = [mask_secret(k) for k in value]
@@ -78,6 +86,8 @@ ENV: dict[str, tuple[str, Any]] = {
     "CURATION_DATA_DIR": ("data_dir", Path),
     "OPENAI_API_KEY": ("openai_api_key", str),
     "OPENAI_BASE_URL": ("openai_base_url", str),
+    "TOGETHER_API_KEY": ("together_api_key", str),
+    "TOGETHER_BASE_URL": ("together_base_url", str),
     "CURATION_UPSTREAM_URL": ("upstream_url", str),
     "CURATION_LISTEN": ("listen", str),
     "CURATION_DEFAULT_NAMESPACE": ("default_namespace", str),
@@ -86,12 +96,17 @@ ENV: dict[str, tuple[str, Any]] = {
     "CURATION_SPOOL_MAX_BYTES": ("spool_max_bytes", "size"),
     "CURATION_SPOOL_FSYNC": ("spool_fsync", "bool"),
     "CURATION_MAX_BODY_BYTES": ("max_body_bytes", "size"),
-    "CURATION_UPSTREAM_CONNECT_TIMEOUT": ("upstream_connect_timeout", float),
-    "CURATION_UPSTREAM_READ_TIMEOUT": ("upstream_read_timeout", float),
-    "CURATION_UPSTREAM_MAX_CONNECTIONS": ("upstream_max_connections", int),
+    "CURATION_BODY_TIMEOUT": ("body_timeout", "seconds"),
+    "CURATION_IDLE_TIMEOUT": ("idle_timeout", "seconds"),
+    "CURATION_MAX_NAMESPACES": ("max_namespaces", "count"),
+    "CURATION_UPSTREAM_CONNECT_TIMEOUT": ("upstream_connect_timeout", "seconds"),
+    "CURATION_UPSTREAM_READ_TIMEOUT": ("upstream_read_timeout", "seconds"),
+    "CURATION_UPSTREAM_MAX_CONNECTIONS": ("upstream_max_connections", "count"),
+    "CURATION_STUDENT_TIMEOUT": ("student_timeout", "seconds"),
+    "CURATION_RECORDER_STALL_SECONDS": ("recorder_stall_seconds", "seconds"),
     "CURATION_PROXY_KEYS": ("proxy_keys", "list"),
     "CURATION_ACCESS_LOG": ("access_log", "bool"),
-    "CURATION_LOG_LEVEL": ("log_level", str),
+    "CURATION_LOG_LEVEL": ("log_level", "level"),
     "CURATION_MODELS_FILE": ("models_file", Path),
     "USER": ("curator", str),
     "CURATION_CURATOR": ("curator", str),
@@ -110,19 +125,27 @@ def load(
         raw = env.get(var)
         if raw is None or (raw == "" and name != "default_namespace"):
             continue
-        values[name] = _parse(var, raw, parser)
+        values[name] = _parse(var, raw, parser, name)
     for name, value in (overrides or {}).items():
         if value is not None:
             values[name] = value
     return Settings(**values)
 
 
-def _parse(var: str, raw: str, parser: Any) -> Any:
+def _parse(var: str, raw: str, parser: Any, name: str = "") -> Any:
     try:
+        if name in BOUNDS:  # parse, then check the bounds of the setting
+            return within(name, _parse(var, raw, parser))
+        if parser == "count":
+            return parse_count(raw)
         if parser == "bool":
             return parse_bool(raw)
         if parser == "size":
             return parse_size(raw)
+        if parser == "level":
+            return parse_level(raw)
+        if parser == "seconds":
+            return parse_seconds(raw)
         if parser == "list":
             return tuple(k.strip() for k in raw.split(",") if k.strip())
         return parser(raw)
@@ -139,13 +162,82 @@ def parse_bool(raw: str) -> bool:
     raise ValueError("expected on/off, true/false, 1/0")
 
 
+def parse_seconds(raw: str) -> float:
+    seconds = float(raw)
+    if not 0 < seconds < float("inf"):
+        raise ValueError("expected a number of seconds above 0")
+    return seconds
+
+
+def secret_from_env(var: str, env: Mapping[str, str] | None = None) -> str | None:
+    """The value of the variable a setting names (a student endpoint's key), if set."""
+    return (os.environ if env is None else env).get(var) or None
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def parse_level(raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
 def parse_size(raw: str) -> int:
     """'32MiB', '1G', '500k' or plain bytes."""
     text = raw.strip().lower().removesuffix("b").removesuffix("i")
     units = {"k": 1024, "m": MiB, "g": 1024 * MiB}
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
+    try:
+        if text and text[-1] in units:
+            scaled = float(text[:-1]) * units[text[-1]]
+            if math.isfinite(scaled):
+                return int(scaled)
+        else:
+            return int(text)
+    except ValueError:
+        pass
+    raise ValueError("expected a size such as 32MiB, 1G, 500k or 4096")
+
+
+def parse_count(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+
+
+DAY = 86400.0
+# The least and greatest value of every size, count and duration setting of the proxy,
+# checked where each is parsed (here for the environment, by its click type for a flag):
+# out of them the proxy misbehaves (a negative spool cap spun its event loop forever).
+BOUNDS: dict[str, tuple[float, float]] = {
+    "spool_max_bytes": (MiB, 1024 * 1024 * MiB),
+    "max_body_bytes": (1024, 1024 * MiB),
+    "body_timeout": (0.1, DAY),
+    "idle_timeout": (0.1, DAY),
+    "max_namespaces": (1, 100_000),
+    "upstream_connect_timeout": (0.001, DAY),
+    "upstream_read_timeout": (0.001, DAY),
+    "upstream_max_connections": (1, 100_000),
+}
+
+
+def within(name: str, value: Any) -> Any:
+    """``value`` if it lies in the bounds of the setting ``name``; else a ValueError naming them."""
+    low, high = BOUNDS[name]
+    if not low <= value <= high:  # NaN is in no bounds
+        unit = " seconds" if isinstance(value, float) else ""
+        raise ValueError(f"expected {_shown(name, low)} to {_shown(name, high)}{unit}")
+    return value
+
+
+def _shown(name: str, value: float) -> str:
+    if name.endswith("_bytes"):
+        for unit, size in (("GiB", 1024 * MiB), ("MiB", MiB), ("KiB", 1024)):
+            if value >= size and value % size == 0:
+                return f"{int(value // size)}{unit}"
+    return f"{value:g}"
 
 
 def mask_secret(value: str | None) -> str:
@@ -154,16 +246,32 @@ def mask_secret(value: str | None) -> str:
     return "****" + value[-4:] if len(value) >= 12 else "****"
 
 
+_SECRET_PARAMS = ("password", "sslpassword")
+# password=... or sslpassword=... in a key=value conninfo: a quoted value (with \' escapes) or a word
+_CONNINFO_SECRET = re.compile(r"((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S+)", re.IGNORECASE)
+_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
 def mask_url(url: str) -> str:
-    """Hide the password of a database URL or key=value conninfo."""
-    if "://" not in url:
-        return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1****", url)
+    """Hide every password of a database URL or key=value conninfo.
+
+    libpq takes one in the user part (``u:X@``), in the query (``?password=X``,
+    ``?sslpassword=X``, keys possibly percent-encoded) or as ``password=X``.
+    """
+    if not _URL_SCHEME.match(url):
+        return _CONNINFO_SECRET.sub(r"\1****", url)
     try:
         parts = urlsplit(url)
+        password = parts.password
     except ValueError:
         return "(unparseable URL)"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:****@{netloc[-1]}"))
+    netloc = parts.netloc
+    if password is not None:
+        netloc = f"{parts.username or ''}:****@{netloc.rsplit('@', 1)[-1]}"
+    query = "&".join(_mask_param(p) for p in parts.query.split("&")) if parts.query else ""
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _mask_param(pair: str) -> str:
+    key, eq, _ = pair.partition("=")
+    return f"{key}=****" if eq and unquote(key).strip().lower() in _SECRET_PARAMS else pair

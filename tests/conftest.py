@@ -15,6 +15,8 @@ from tests.harness import ProxyProcess
 SHARED_TIKTOKEN = Path(__file__).resolve().parents[1].parent / "shared" / "tiktoken"
 if "TIKTOKEN_CACHE_DIR" not in os.environ and SHARED_TIKTOKEN.is_dir():
     os.environ["TIKTOKEN_CACHE_DIR"] = str(SHARED_TIKTOKEN)
+# Tests never download models: a hub name fails at once instead of retrying for a minute.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +54,19 @@ def pytest_configure(config: pytest.Config) -> None:
     """Start the embedded server (if used) once, before xdist workers race to init it."""
     if not hasattr(config, "workerinput"):
         pg.server_url()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random causal LM with a chat template (tests/tinymodel.py), built
+    once per session; skips the test where the training extra is missing."""
+    for module in ("torch", "transformers"):
+        pytest.importorskip(
+            module, reason="needs the training extra: pip install 'curation[train]'"
+        )
+    from tests import tinymodel
+
+    return tinymodel.build(tmp_path_factory.mktemp("tiny-model"))
 
 
 @pytest.fixture

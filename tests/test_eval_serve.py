@@ -181,6 +181,20 @@ def test_eval_errors_are_one_line(db_url: str, conn: Conn, fake_openai: FakeOpen
     assert none.exit_code == 3 and "no dataset yet" in none.stderr
 
 
+def test_eval_with_a_compare_command_that_cannot_run_fails(
+    db_url: str, conn: Conn, fake_openai: FakeOpenAI
+) -> None:
+    city_rows(conn, 2)
+    args = ("eval", "locations", "--model", FT, "--rows", "all-included")
+    result = run(db_url, *args, "--compare", "/nonexistent/cmd", env=env_for(fake_openai))
+    assert result.exit_code == 2, result.output  # not "0% agreement"
+    assert "cannot run (exit 127" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert query(db_url, "SELECT count(*) AS n FROM eval_run")[0]["n"] == 0
+    works = run(db_url, *args, "--compare", "false", env=env_for(fake_openai))
+    assert works.exit_code == 0, works.output  # a command that runs and says "no" is a mismatch
+
+
 def test_relabel_proposes_and_curator_decides(
     db_url: str, conn: Conn, fake_openai: FakeOpenAI
 ) -> None:

@@ -146,6 +146,45 @@ def test_bad_rows_are_skipped_and_reported(db_url: str, conn: Conn, tmp_path: Pa
     assert good in json.loads((tmp_path / "manifest.json").read_text())["rows"]["train"]["ids"]
 
 
+def test_rows_of_any_shape_are_examples_or_skipped(db_url: str, conn: Conn, tmp_path: Path) -> None:
+    """A recorded request or response of an unexpected shape is a skipped row, never a crash."""
+    table = "locations_openai_chat_completion"
+    good = add_row(conn, "locations", "good", "fine")
+    listed = add_row(
+        conn,
+        "locations",
+        "listed role",
+        messages=[{"role": ["system"], "content": "x"}, {"role": "user", "content": "listed role"}],
+    )
+    bad = {
+        "text message": {"choices": [{"message": "hi"}]},
+        "text tool calls": {"choices": [{"message": {"content": None, "tool_calls": "zz"}}]},
+        "bad tool call": {
+            "choices": [{"message": {"content": "a", "tool_calls": [{"function": "f"}]}}]
+        },
+        "choices object": {"choices": {"0": {}}},
+    }
+    odd: dict[str, int] = {}
+    for prompt, response in bad.items():
+        odd[prompt] = add_row(conn, "locations", prompt)
+        conn.execute(
+            f"UPDATE {table} SET response = %s WHERE id = %s", [json.dumps(response), odd[prompt]]
+        )
+    texts = add_row(conn, "locations", "text messages")
+    conn.execute(
+        f"UPDATE {table} SET request = %s WHERE id = %s",
+        [json.dumps({"messages": "abc", "tools": "t"}), texts],
+    )
+    with connection(db_url) as c:
+        result = do_export(c, tmp_path, validation_fraction=0)
+    reasons = {s["id"]: s["reason"] for s in result.manifest["skipped"]}
+    assert set(reasons) == {listed, texts, *odd.values()}
+    assert "role" in reasons[listed] and "unhashable" not in reasons[listed]
+    assert "tool call" in reasons[odd["bad tool call"]]
+    assert [e["messages"][1]["content"] for e in lines(tmp_path / "train.jsonl")] == ["good"]
+    assert good in json.loads((tmp_path / "manifest.json").read_text())["rows"]["train"]["ids"]
+
+
 def test_split_is_stable_as_data_grows(db_url: str, conn: Conn, tmp_path: Path) -> None:
     for i in range(200):
         add_row(conn, "locations", f"Prompt number {i}")

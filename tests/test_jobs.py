@@ -7,13 +7,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from curation import config
-from curation.jobs.provider import Provider
+from curation.errors import UpstreamError
+from curation.jobs.backends import STATUSES, JobSpec
+from curation.jobs.backends.openai import OpenAIBackend, job_params, to_event
 from tests.cli import run
 from tests.factories import LONG_PROMPT, add_row
 from tests.fake_openai import FakeOpenAI
@@ -60,6 +63,11 @@ def test_retrain_end_to_end_then_nothing_new(
     uploaded = b"".join(f["_content"] for f in fake_openai.files.values())
     assert b"List the places." in uploaded and LONG_PROMPT[:40].encode() not in uploaded
     assert "Fine-tuning job started" in first.stderr  # events shown while waiting
+    endpoint = f"--endpoint {env['OPENAI_BASE_URL']} --endpoint-key-env OPENAI_API_KEY"
+    assert f"serve it: curation serve locations --model {job['fine_tuned_model']} {endpoint}" in (
+        first.stdout
+    )
+    assert job["backend"] == "openai" and job["result_location"] == env["OPENAI_BASE_URL"]
     lineage = query(
         db_url, "SELECT count(*) AS n FROM dataset_row WHERE dataset_id = %s", [job["dataset_id"]]
     )
@@ -243,8 +251,103 @@ def test_provider_list_follows_pagination(fake_openai: FakeOpenAI) -> None:
             "status": "succeeded",
             "_events": [],
         }
-    provider = Provider(
+    backend = OpenAIBackend(
         config.load({"openai_api_key": "sk-x", "openai_base_url": f"{fake_openai.url}/v1"}, env={})
     )  # type: ignore[attr-defined]
-    listed: list[dict[str, Any]] = provider.list_jobs(limit=100)
-    assert len(listed) == 25 and listed[0]["id"] == "ftjob-00000024"
+    listed = backend.list(limit=100)
+    assert len(listed) == 25 and listed[0].id == "ftjob-00000024"
+    assert {j.status for j in listed} == {"succeeded"}
+
+
+def test_retrain_local_wait_trains_in_a_child_worker(
+    db_url: str, conn: Conn, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """No worker running: `retrain --backend local --wait` starts one and follows it to the end."""
+    curated(conn, 12)
+    env = {"CURATION_DATA_DIR": str(tmp_path / "data"), "OPENAI_API_KEY": ""}
+    args = ["--model", str(tiny_model_dir), "--epochs", "1", "--validation-fraction", "0"]
+    result = run(db_url, "retrain", "locations", "--backend", "local", *args, "--wait", env=env)
+    assert result.exit_code == 0, result.output
+    [job] = query(db_url, "SELECT * FROM fine_tune_job")
+    assert job["backend"] == "local" and job["status"] == "succeeded", job
+    assert job["provider_job_id"] == f"local-{job['id']}" and job["fine_tuned_model"]
+    assert Path(job["result_location"]).is_dir()
+    assert Path(job["training_file_id"]).is_file()  # the export outlives the command
+    assert f"serve it: curation student start {job['id']}" in result.stdout
+    events = [line for line in result.stderr.splitlines() if " info: " in line]
+    assert len(events) >= 3  # one line per event off a terminal: queued, trained, succeeded
+
+    chosen = run(
+        db_url, "ns", "set", "locations", "--backend", "local", "--model", str(tiny_model_dir)
+    )
+    assert chosen.exit_code == 0, chosen.output
+    again = run(db_url, "retrain", "locations", *args[2:], env=env)  # the namespace's defaults
+    assert again.exit_code == 10 and "local job" in again.stdout, again.output
+
+
+def test_providers_needing_one_more_call_say_what_to_run() -> None:
+    def backend(url: str) -> OpenAIBackend:
+        return OpenAIBackend(config.load({"openai_api_key": "k", "openai_base_url": url}, env={}))
+
+    model = "gpt-4.1-mini-2025-04-14.ft-b044a9d3cf9c"
+    azure = backend("https://myres.openai.azure.com/openai/v1/")
+    step = azure.next_step("ftjob-1", model, "gpt-4.1-mini-2025-04-14")
+    assert step is not None and "az cognitiveservices account deployment create" in step
+    assert "--name myres " in step and f"--model-name {model} " in step
+    deployment = azure.served_model(model)
+    assert (
+        deployment == "gpt-4-1-mini-2025-04-14-ft-b044a9d3cf9c"
+        and f"--deployment-name {deployment}" in step
+    )
+
+    nebius = backend("https://api.tokenfactory.nebius.com/v1/")
+    step = nebius.next_step("ftjob-9", "meta-llama/x:ft", "meta-llama/Meta-Llama-3.1-8B-Instruct")
+    assert step is not None and "https://api.tokenfactory.nebius.com/v0/models" in step
+    assert "/v1/fine_tuning/jobs/ftjob-9/checkpoints" in step and '"source": "ftjob-9:' in step
+    spec = JobSpec(base_model="meta-llama/Meta-Llama-3.1-8B-Instruct", training_file="file-1")
+    assert job_params(spec, lora_flag=True)["method"]["supervised"]["hyperparameters"] == {
+        "lora": True
+    }
+
+    plain = backend("https://api.openai.com/v1")
+    assert plain.next_step("ftjob-2", model, "gpt-4.1-mini") is None
+    assert plain.served_model(model) == model and "lora" not in str(job_params(spec))
+
+
+OFFLINE = OpenAIBackend(
+    config.load({"openai_api_key": "k", "openai_base_url": "http://127.0.0.1:9/v1"}, env={})
+)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+KEYS = st.sampled_from(
+    [
+        "id",
+        "status",
+        "fine_tuned_model",
+        "trained_tokens",
+        "error",
+        "created_at",
+        "message",
+        "level",
+        "data",
+    ]
+)
+
+
+@given(st.dictionaries(KEYS | st.text(max_size=4), JSON, max_size=8))
+def test_reading_an_openai_shaped_answer_is_total(answer: dict[str, object]) -> None:
+    """Whatever JSON an OpenAI-shaped provider sends for a job or an event: a record or the one error."""
+    try:
+        job = OFFLINE._remote(answer)
+    except UpstreamError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert job.status in STATUSES and (job.model is None or isinstance(job.model, str))
+        assert job.trained_tokens is None or isinstance(job.trained_tokens, int)
+    event = to_event(answer)
+    assert isinstance(event.created_at, float) and "\n" not in event.message

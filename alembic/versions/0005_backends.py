@@ -25,7 +25,7 @@ ALTER TABLE fine_tune_job
     ADD COLUMN cancel_requested_at timestamptz,
     ADD COLUMN attempts integer NOT NULL DEFAULT 0;
 COMMENT ON COLUMN fine_tune_job.backend IS 'Who trains it: openai (any OpenAI-shaped jobs API), together, or local (TRL + PEFT LoRA).';
-COMMENT ON COLUMN fine_tune_job.result_location IS 'Where the trained result lives: a provider model name, or the local LoRA adapter directory.';
+COMMENT ON COLUMN fine_tune_job.result_location IS 'Where the trained result lives: the OpenAI-compatible base URL a hosted model answers at, or the local LoRA adapter directory (the model name is in fine_tuned_model).';
 COMMENT ON COLUMN fine_tune_job.checkpoint_dir IS 'Local backend: the directory of the job''s checkpoints (a restarted worker resumes from the last one).';
 COMMENT ON COLUMN fine_tune_job.worker IS 'Local backend: the worker (host:pid) running the job.';
 COMMENT ON COLUMN fine_tune_job.heartbeat_at IS 'Local backend: the running worker''s last sign of life.';

@@ -1,7 +1,9 @@
 """The ``curation`` command: a thin shell over the library.
 
 Each command parses options, calls one function and prints the result. A
-``CurationError`` becomes one line on stderr and its exit code.
+``CurationError`` becomes one line on stderr and its exit code; so do a bad
+argument (click's usage error, without the usage text) and an ``OSError`` on a
+path the user named. Anything else is a bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any
 
 import click
 
-from curation import __version__
+from curation import __version__, config
 from curation.cli.context import AppContext
 from curation.errors import CurationError
 
@@ -24,12 +26,49 @@ class UserError(click.ClickException):
         self.exit_code = code  # type: ignore[misc]  # click reads it per instance
 
 
+def one_line(exc: click.UsageError) -> UserError:
+    """A usage error as one line naming the help to read, instead of the usage text."""
+    where = f"; see: {exc.ctx.command_path} --help" if exc.ctx else ""
+    return UserError(f"{exc.format_message().rstrip('.')}{where}", exc.exit_code)
+
+
 class CurationGroup(click.Group):
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # a bare `curation` shows its help
+        except click.UsageError as exc:
+            raise one_line(exc) from exc
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except CurationError as exc:
             raise UserError(str(exc), exc.exit_code) from exc
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # a bare `curation db` shows its help
+        except click.UsageError as exc:
+            raise one_line(exc) from exc
+        except OSError as exc:
+            if exc.filename is None:
+                raise
+            raise UserError(
+                f"{exc.filename}: {exc.strerror}; check the path and its permissions", 2
+            ) from exc
+
+
+def log_level(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    try:
+        return None if value is None else config.parse_level(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
 
 
 @click.group(cls=CurationGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,7 +84,7 @@ class CurationGroup(click.Group):
     type=click.Path(path_type=Path, dir_okay=False),
     help="Extra model limits and prices [env: CURATION_MODELS_FILE].",
 )
-@click.option("--log-level", help="Log level [env: CURATION_LOG_LEVEL; INFO].")
+@click.option("--log-level", callback=log_level, help="Log level [env: CURATION_LOG_LEVEL; INFO].")
 @click.version_option(__version__, prog_name="curation")
 @click.pass_context
 def main(
@@ -58,7 +97,7 @@ def main(
 ) -> None:
     """Capture LLM traffic in Postgres, curate it, fine-tune cheaper models on it.
 
-    Secrets (OPENAI_API_KEY, CURATION_PROXY_KEYS) are read from the environment
+    Secrets (OPENAI_API_KEY, TOGETHER_API_KEY, CURATION_PROXY_KEYS) are read from the environment
     only: a flag would show them to every user of the machine in `ps`.
     """
     ctx.obj = AppContext(
@@ -82,6 +121,8 @@ def _register() -> None:
         jobs_cmd,
         ns_cmd,
         proxy_cmd,
+        student_cmd,
+        train_cmd,
     )
 
     for module in (
@@ -93,6 +134,8 @@ def _register() -> None:
         export_cmd,
         jobs_cmd,
         eval_cmd,
+        student_cmd,
+        train_cmd,
     ):
         for command in module.COMMANDS:
             main.add_command(command)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -10,12 +12,16 @@ import click
 from curation.cli.context import AppContext, pass_app
 from curation.cli.curate_cmd import curator_option, who
 from curation.cli.output import dumps, emit, json_option, table
+from curation.cli.params import ROW_ID, ROW_IDS
+from curation.config import secret_from_env
 from curation.curate import rows as curate_rows
 from curation.db import evals as db_evals
 from curation.db import namespaces
-from curation.errors import Conflict
+from curation.errors import Conflict, InvalidInput
+from curation.evaluate import calls
 from curation.evaluate import relabel as relabel_mod
 from curation.evaluate.run import EvalRequest, evaluate
+from curation.jobs import student
 from curation.jobs.provider import Provider
 
 SUMMARY_COLUMNS = [
@@ -29,6 +35,50 @@ SUMMARY_COLUMNS = [
     "cost_per_1k_calls_usd",
     "savings",
 ]
+
+
+def endpoint_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--endpoint URL and --endpoint-key-env VAR: where a student is served, and its key."""
+    command = click.option(
+        "--endpoint-key-env",
+        metavar="VAR",
+        help="The environment variable holding the endpoint's API key (the key is never stored).",
+    )(command)
+    return click.option(
+        "--endpoint",
+        metavar="URL",
+        help="Base URL of the OpenAI-compatible API serving --model: curation student start, "
+        "Together, Azure, OpenAI (e.g. http://127.0.0.1:8000/v1).",
+    )(command)
+
+
+def checked_endpoint(endpoint: str | None, key_env: str | None) -> tuple[str | None, str | None]:
+    if endpoint is None:
+        if key_env is not None:
+            raise InvalidInput("--endpoint-key-env names the key of an --endpoint: give both")
+        return None, None
+    return student.check_endpoint(endpoint), student.check_key_env(key_env) if key_env else None
+
+
+def _chat(
+    app: AppContext,
+    models: tuple[str, ...],
+    baseline: str | None,
+    endpoint: str | None,
+    key_env: str | None,
+) -> calls.Chat:
+    """The provider; with --endpoint, the students are asked there and the baseline upstream."""
+    endpoint, key_env = checked_endpoint(endpoint, key_env)
+    if endpoint is None:
+        return Provider(app.settings())
+    key = secret_from_env(key_env) if key_env else "unused"
+    if key is None:
+        raise InvalidInput(
+            f"{key_env} is not set: export the endpoint's API key in it and run again"
+        )
+    settings = dataclasses.replace(app.settings(), openai_base_url=endpoint, openai_api_key=key)
+    teacher = Provider(app.settings()) if baseline else None
+    return calls.Routed(frozenset(models) - {baseline}, Provider(settings), teacher)
 
 
 class DefaultRun(click.Group):
@@ -71,6 +121,7 @@ def eval_group() -> None:
 )
 @click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True)
 @click.option("--show-mismatches", is_flag=True, help="List the row ids each model got wrong.")
+@endpoint_options
 @json_option
 @pass_app
 def run_command(
@@ -83,10 +134,16 @@ def run_command(
     short: bool,
     concurrency: int,
     show_mismatches: bool,
+    endpoint: str | None,
+    endpoint_key_env: str | None,
     as_json: bool,
 ) -> None:
-    """Replay held-out curated rows of NAMESPACE against the models; report and store."""
-    provider = Provider(app.settings())
+    """Replay held-out curated rows of NAMESPACE against the models; report and store.
+
+    With --endpoint, the --model students are asked there, with the short prompt.
+    """
+    provider = _chat(app, models, baseline, endpoint, endpoint_key_env)
+    short = short or endpoint is not None
     request = EvalRequest(
         namespace, models, baseline, rows, compare, concurrency, short, app.settings().models_file
     )
@@ -151,16 +208,23 @@ def history_command(app: AppContext, namespace: str, as_json: bool) -> None:
 @click.command("relabel")
 @click.argument("namespace")
 @click.option("--model", required=True, help="The teacher model.")
-@click.option("--ids", help="These rows (default: pending rows, most seen first).")
+@click.option(
+    "--ids", type=ROW_IDS, help="These rows, e.g. 3,14,15 (default: pending rows, most seen first)."
+)
 @click.option("--limit", type=click.IntRange(1, 100000), default=100, show_default=True)
 @click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True)
 @pass_app
 def relabel_command(
-    app: AppContext, namespace: str, model: str, ids: str | None, limit: int, concurrency: int
+    app: AppContext,
+    namespace: str,
+    model: str,
+    ids: tuple[int, ...] | None,
+    limit: int,
+    concurrency: int,
 ) -> None:
     """Ask a teacher model for fresh answers; they wait as proposals for a curator."""
     provider = Provider(app.settings())
-    id_list = [int(i) for i in ids.split(",")] if ids else None
+    id_list = list(ids) if ids else None
     with app.db() as conn:
         namespaces.get(conn, namespace)
         done, failed = relabel_mod.relabel(
@@ -176,7 +240,7 @@ def relabel_command(
 
 def proposal_command(accept: bool) -> Any:
     @click.argument("namespace")
-    @click.argument("ids", type=int, nargs=-1, required=True)
+    @click.argument("ids", type=ROW_ID, nargs=-1, required=True)
     @curator_option
     @pass_app
     def command(app: AppContext, namespace: str, ids: tuple[int, ...], curator: str | None) -> None:
@@ -212,11 +276,27 @@ reject_command = click.command("reject", help="Reject teacher proposals.")(propo
 )
 @click.option("--off", is_flag=True, help="Stop serving: calls go to the model they name.")
 @click.option("--force", is_flag=True, help="Serve a model with no clean eval in this namespace.")
+@endpoint_options
 @pass_app
 def serve_command(
-    app: AppContext, namespace: str, model: str | None, percent: int, off: bool, force: bool
+    app: AppContext,
+    namespace: str,
+    model: str | None,
+    percent: int,
+    off: bool,
+    force: bool,
+    endpoint: str | None,
+    endpoint_key_env: str | None,
 ) -> None:
-    """Show or change how the proxy serves NAMESPACE (running proxies follow within seconds)."""
+    """Show or change how the proxy serves NAMESPACE (running proxies follow within seconds).
+
+    With --endpoint, the proxy sends the served calls to that OpenAI-compatible
+    API instead of its upstream; should it fail before the client gets a byte,
+    the teacher answers the original call.
+    """
+    endpoint, endpoint_key_env = checked_endpoint(endpoint, endpoint_key_env)
+    if model is None and endpoint is not None and not off:
+        raise InvalidInput("--endpoint serves a --model: give the model name it answers to")
     with app.db() as conn:
         ns = namespaces.get(conn, namespace)
         if off:
@@ -224,12 +304,7 @@ def serve_command(
             click.echo(f"{namespace}: not served; calls go to the model they name")
             return
         if model is None:
-            state = (
-                f"served by {ns.serve_model} for {ns.serve_percent}% of calls"
-                if ns.serve_model
-                else "not served"
-            )
-            click.echo(f"{namespace}: {state}")
+            click.echo(f"{namespace}: {_serving_state(db_evals.serving(conn, namespace))}")
             return
         if not force and not db_evals.has_clean_eval(conn, namespace, model):
             raise Conflict(
@@ -241,10 +316,25 @@ def serve_command(
                 f"warning: {namespace} has no training system prompt; served calls get none",
                 err=True,
             )
-        db_evals.set_serving(conn, namespace, model, percent)
-    click.echo(
-        f"{namespace}: served by {model} for {percent}% of calls (proxies follow within seconds)"
+        if endpoint_key_env and secret_from_env(endpoint_key_env) is None:
+            click.echo(
+                f"warning: {endpoint_key_env} is not set here; the proxy needs it in its environment",
+                err=True,
+            )
+        db_evals.set_serving(
+            conn, namespace, model, percent, endpoint=endpoint, key_env=endpoint_key_env
+        )
+    state = _serving_state(
+        {"serve_model": model, "serve_percent": percent, "serve_endpoint": endpoint}
     )
+    click.echo(f"{namespace}: {state} (proxies follow within seconds)")
+
+
+def _serving_state(serving: dict[str, Any]) -> str:
+    if not serving.get("serve_model"):
+        return "not served"
+    where = serving.get("serve_endpoint") or "the upstream"
+    return f"served by {serving['serve_model']} at {where} for {serving['serve_percent']}% of calls"
 
 
 COMMANDS = [eval_group, relabel_command, accept_command, reject_command, serve_command]

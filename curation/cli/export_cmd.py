@@ -9,6 +9,7 @@ import click
 
 from curation.cli.context import AppContext, pass_app
 from curation.cli.output import dumps, json_option
+from curation.cli.params import ROW_IDS
 from curation.db import export as db_export
 from curation.db import namespaces
 from curation.export.run import ExportRequest, ExportResult, export
@@ -97,11 +98,16 @@ def summary(result: ExportResult) -> list[str]:
         f"wrote {m['counts']['train']} training and {m['counts']['validation']} validation examples "
         f"({m['tokens']['train'] + m['tokens']['validation']} tokens) to {result.train_path.parent}",
         f"dataset {result.dataset_id}, sha256 {m['sha256'][:16]}…, est. training cost "
-        f"${m['estimated_training_cost_usd']:.2f} for {m['epochs']} epochs of {m['base_model']}",
+        f"{_usd(m['estimated_training_cost_usd'])} for {m['epochs']} epochs of {m['base_model']}",
+        f"tokens counted with {m['counted_with']}; cost: {m['cost_basis']}",
     ]
     lines += [f"skipped row {s['id']}: {s['reason']}" for s in m["skipped"]]
     lines += [f"warning: {w}" for w in m["warnings"]]
     return lines
+
+
+def _usd(amount: float | None) -> str:
+    return "unknown" if amount is None else f"${amount:.2f}"
 
 
 @click.command("export")
@@ -113,7 +119,7 @@ def summary(result: ExportResult) -> list[str]:
     help="Folder for the files.",
 )
 @export_options
-@click.option("--ids", help="Only these row ids, comma-separated.")
+@click.option("--ids", type=ROW_IDS, help="Only these row ids, e.g. 3,14,15.")
 @click.option(
     "--format", "fmt", type=click.Choice(["chat", "dpo"]), default="chat", show_default=True
 )
@@ -124,19 +130,15 @@ def export_command(
     /,
     namespace: str,
     out: Path,
-    ids: str | None,
+    ids: tuple[int, ...] | None,
     fmt: str,
     as_json: bool,
     **options: Any,
 ) -> None:
     """Write NAMESPACE's included rows as train/validation JSONL and a manifest."""
-    try:
-        id_list = tuple(int(i) for i in ids.split(",")) if ids else ()
-    except ValueError as exc:
-        raise click.BadParameter("--ids takes comma-separated integers") from exc
     with app.db() as conn:
         result = run_export(
-            conn, build_request(app, conn, namespace, out, options, fmt, id_list), as_json
+            conn, build_request(app, conn, namespace, out, options, fmt, ids or ()), as_json
         )
     if as_json:
         click.echo(dumps({**result.manifest, "train_path": str(result.train_path)}))

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import click
@@ -11,24 +13,35 @@ from curation.cli.context import AppContext, pass_app
 from curation.cli.export_cmd import build_request, export_options, summary
 from curation.cli.output import emit, json_option
 from curation.db import jobs as db_jobs
+from curation.db import namespaces
 from curation.errors import NOTHING_NEW, UpstreamError
-from curation.jobs import finetune, retrain
-from curation.jobs.provider import Provider
+from curation.export import models
+from curation.export.run import ExportRequest
+from curation.jobs import backends, finetune, retrain
+from curation.jobs.backends import TERMINAL, Backend, JobEvent
 
 JOB_COLUMNS = [
     "id",
     "namespace",
+    "backend",
     "provider_job_id",
     "base_model",
     "status",
     "fine_tuned_model",
     "created_at",
 ]
+HOSTED_INTERVAL = 5.0  # first poll of a hosted job (s); backs off to a minute
+LOCAL_INTERVAL = 1.0  # a local job's state is one row away
 
 
 def submit_options(func: Any) -> Any:
     for option in reversed(
         [
+            click.option(
+                "--backend",
+                help=f"Who trains: {', '.join(backends.names())} (default: the namespace's "
+                "backend, else the one the model catalogue names for the model, else openai).",
+            ),
             click.option(
                 "--method",
                 type=click.Choice(["supervised", "dpo"]),
@@ -41,9 +54,8 @@ def submit_options(func: Any) -> Any:
             click.option(
                 "--interval",
                 type=float,
-                default=5.0,
-                show_default=True,
-                help="First poll interval with --wait (s).",
+                help=f"First poll interval with --wait (s; default {HOSTED_INTERVAL:g}, "
+                f"local {LOCAL_INTERVAL:g}).",
             ),
         ]
     ):
@@ -51,15 +63,51 @@ def submit_options(func: Any) -> Any:
     return func
 
 
-def show_event(event: dict[str, Any]) -> None:
-    when = datetime.fromtimestamp(event["created_at"]).strftime("%H:%M:%S")
-    click.echo(f"  {when} {event['level']}: {event['message']}", err=True)
+def show_event(event: JobEvent) -> None:
+    when = datetime.fromtimestamp(event.created_at).strftime("%H:%M:%S")
+    click.echo(f"  {when} {event.level}: {event.message}", err=True)
+
+
+class EventDisplay:
+    """A job's events: a progress bar driven by their step counts on a terminal, else lines."""
+
+    def __init__(self, *, terminal: bool) -> None:
+        self.terminal = terminal
+        self.bar: Any = None
+        self.step = 0
+
+    def __enter__(self) -> EventDisplay:
+        return self
+
+    def __call__(self, event: JobEvent) -> None:
+        step = event.data.get("step")
+        total = event.data.get("total_steps", event.data.get("max_steps"))
+        if not (self.terminal and isinstance(step, int) and isinstance(total, int) and total > 0):
+            show_event(event)
+            return
+        if self.bar is None:
+            self.bar = click.progressbar(length=total, label="training", file=sys.stderr)
+            self.bar.__enter__()
+        loss = event.data.get("train_loss", event.data.get("loss"))
+        if isinstance(loss, int | float):
+            self.bar.label = f"training (loss {loss:.4f})"
+        self.bar.update(max(step - self.step, 0))
+        self.step = max(step, self.step)
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(kind, exc, tb)
 
 
 def job_line(job: dict[str, Any]) -> str:
-    line = f"job {job['id']} ({job['provider_job_id'] or 'not submitted'}) {job['namespace']}: {job['status']}"
+    reference = job["provider_job_id"] or "not submitted"
+    line = f"job {job['id']} ({job['backend']} {reference}) {job['namespace']}: {job['status']}"
     if job.get("fine_tuned_model"):
         line += f", model {job['fine_tuned_model']}"
+    if job.get("result_location"):
+        line += f" at {job['result_location']}"
     if job.get("trained_tokens"):
         line += f", {job['trained_tokens']} trained tokens"
     if job.get("error"):
@@ -67,27 +115,77 @@ def job_line(job: dict[str, Any]) -> str:
     return line
 
 
-def finish(job: dict[str, Any]) -> None:
+def finish(backend: Backend, job: dict[str, Any]) -> None:
     """A job that ended badly is a failure for cron: one line and exit 12."""
     if job["status"] in ("failed", "cancelled"):
         raise UpstreamError(
             f"job {job['provider_job_id']} {job['status']}: {job.get('error') or 'no reason given'}"
         )
+    if job["status"] == "succeeded":
+        for line in next_steps(backend, job):
+            click.echo(f"next: {line}")
+
+
+def next_steps(backend: Backend, job: dict[str, Any]) -> list[str]:
+    """What to run before the student answers (a provider's extra call), then how to serve it."""
+    if backend.name == "local":
+        return [f"serve it: curation student start {job['id']}"]
+    model, steps = job["fine_tuned_model"], []
+    extra = getattr(backend, "next_step", None)
+    if extra is not None and (hint := extra(job["provider_job_id"], model, job["base_model"])):
+        steps.append(hint)
+    served = getattr(backend, "served_model", lambda m: m)(model)
+    key_env = getattr(backend, "key_env", None)
+    if job.get("result_location") and key_env:
+        steps.append(
+            f"serve it: curation serve {job['namespace']} --model {served} "
+            f"--endpoint {job['result_location']} --endpoint-key-env {key_env}"
+        )
+    return steps
+
+
+def follow(
+    conn: Any, backend: Backend, job: dict[str, Any], interval: float | None
+) -> dict[str, Any]:
+    """Follow a job to its end; a local job with no worker alive gets one (a child process)."""
+    ensure_worker = getattr(backend, "ensure_worker", None)
+    if ensure_worker is not None and job["provider_job_id"] and job["status"] not in TERMINAL:
+        ensure_worker(job["provider_job_id"])
+    local = backend.name in finetune.SELF_RECORDING
+    first = interval or (LOCAL_INTERVAL if local else HOSTED_INTERVAL)
+    with EventDisplay(terminal=sys.stderr.isatty()) as display:
+        return finetune.wait(
+            conn,
+            backend,
+            job,
+            interval=first,
+            max_interval=max(first, 2.0 if local else 60.0),
+            on_event=display,
+        )
 
 
 def submit_and_maybe_wait(
-    app: AppContext,
-    conn: Any,
-    provider: Provider,
-    job: dict[str, Any],
-    wait_: bool,
-    interval: float,
+    conn: Any, backend: Backend, job: dict[str, Any], wait_: bool, interval: float | None
 ) -> None:
     click.echo(job_line(job))
     if wait_:
-        job = finetune.wait(conn, provider, job, interval=interval, on_event=show_event)
+        job = follow(conn, backend, job, interval)
         click.echo(job_line(job))
-        finish(job)
+        finish(backend, job)
+
+
+def choose_backend(app: AppContext, conn: Any, request: ExportRequest, name: str | None) -> Backend:
+    """``--backend``, else the namespace's default, else the catalogue's for the model (openai)."""
+    chosen = (
+        name
+        or namespaces.get(conn, request.namespace).backend
+        or models.lookup(request.base_model, app.settings().models_file, open_models=True).backend
+    )
+    return backends.get(chosen, app.settings())
+
+
+def backend_of(app: AppContext, job: dict[str, Any]) -> Backend:
+    return backends.get(job["backend"], app.settings())
 
 
 def prepare(
@@ -98,17 +196,20 @@ def prepare(
     suffix: str | None,
     seed: int | None,
     options: dict[str, Any],
-) -> tuple[Any, finetune.SubmitOptions]:
+) -> tuple[ExportRequest, finetune.SubmitOptions]:
     """The export request and job options that `finetune submit` and `retrain` share."""
     request = build_request(
         app, conn, namespace, Path("."), options, "dpo" if method == "dpo" else "chat"
     )
-    return request, finetune.SubmitOptions(namespace, method, options.get("epochs"), suffix, seed)
+    opts = finetune.SubmitOptions(
+        namespace=namespace, method=method, epochs=options.get("epochs"), suffix=suffix, seed=seed
+    )
+    return request, opts
 
 
 @click.group("finetune")
 def finetune_group() -> None:
-    """Fine-tuning jobs at OPENAI_BASE_URL (OpenAI or a compatible provider)."""
+    """Fine-tuning jobs: hosted (openai, together) or trained here (local)."""
 
 
 @finetune_group.command("submit")
@@ -120,22 +221,23 @@ def submit_command(
     app: AppContext,
     /,
     namespace: str,
+    backend: str | None,
     method: str,
     suffix: str | None,
     seed: int | None,
     wait_: bool,
-    interval: float,
+    interval: float | None,
     **options: Any,
 ) -> None:
     """Export NAMESPACE, upload the files and create a fine-tuning job."""
-    provider = Provider(app.settings())
     with app.db(autocommit=True) as conn:
         request, opts = prepare(app, conn, namespace, method, suffix, seed, options)
+        trainer = choose_backend(app, conn, request, backend)
         result = retrain.export_into(conn, request, app.settings().data_dir / "exports")
         for line in summary(result):
             click.echo(line, err=True)
-        job = finetune.submit(conn, provider, result, opts)
-        submit_and_maybe_wait(app, conn, provider, job, wait_, interval)
+        job = finetune.submit(conn, trainer, result, opts)
+        submit_and_maybe_wait(conn, trainer, job, wait_, interval)
 
 
 @finetune_group.command("list")
@@ -145,6 +247,8 @@ def submit_command(
 def list_command(app: AppContext, namespace: str | None, as_json: bool) -> None:
     """Jobs recorded here, newest first."""
     with app.db() as conn:
+        if namespace is not None:
+            namespaces.get(conn, namespace)  # an unknown one is an error, as in `curation list`
         rows = db_jobs.list_for(conn, namespace)
     emit(rows, as_json, JOB_COLUMNS)
 
@@ -154,13 +258,15 @@ def list_command(app: AppContext, namespace: str | None, as_json: bool) -> None:
 @json_option
 @pass_app
 def status_command(app: AppContext, job: str, as_json: bool) -> None:
-    """Refresh JOB (local id or ftjob-...) from the provider and show it with its events."""
-    provider = Provider(app.settings())
+    """Refresh JOB (local id or the backend's id) from its backend; show it with its events."""
     with app.db(autocommit=True) as conn:
-        record = finetune.refresh(conn, provider, db_jobs.get(conn, job))
-        events = provider.events(record["provider_job_id"]) if record["provider_job_id"] else []
+        record = db_jobs.get(conn, job)
+        backend = backend_of(app, record)
+        record = finetune.refresh(conn, backend, record)
+        reference = record["provider_job_id"]
+        events = backend.events(reference) if reference else []
     if as_json:
-        emit({**record, "events": events}, True)
+        emit({**record, "events": [asdict(e) for e in events]}, True)
         return
     click.echo(job_line(record))
     for event in events[-10:]:
@@ -169,30 +275,29 @@ def status_command(app: AppContext, job: str, as_json: bool) -> None:
 
 @finetune_group.command("wait")
 @click.argument("job")
-@click.option(
-    "--interval", type=float, default=5.0, show_default=True, help="First poll interval (s)."
-)
+@click.option("--interval", type=float, help="First poll interval (s).")
 @pass_app
-def wait_command(app: AppContext, job: str, interval: float) -> None:
+def wait_command(app: AppContext, job: str, interval: float | None) -> None:
     """Follow JOB until it ends; exit 0 if it succeeded, 12 if it failed or was cancelled."""
-    provider = Provider(app.settings())
     with app.db(autocommit=True) as conn:
-        record = finetune.wait(
-            conn, provider, db_jobs.get(conn, job), interval=interval, on_event=show_event
-        )
+        record = db_jobs.get(conn, job)
+        backend = backend_of(app, record)
+        record = follow(conn, backend, record, interval)
     click.echo(job_line(record))
-    finish(record)
+    finish(backend, record)
 
 
 @finetune_group.command("cancel")
 @click.argument("job")
 @pass_app
 def cancel_command(app: AppContext, job: str) -> None:
-    """Cancel JOB at the provider."""
-    provider = Provider(app.settings())
+    """Cancel JOB at its backend."""
     with app.db(autocommit=True) as conn:
-        record = finetune.cancel(conn, provider, db_jobs.get(conn, job))
+        record = db_jobs.get(conn, job)
+        record = finetune.cancel(conn, backend_of(app, record), record)
     click.echo(job_line(record))
+    if record["status"] not in TERMINAL:
+        click.echo(f"cancel requested; follow it to the end: curation finetune wait {record['id']}")
 
 
 @click.command("retrain")
@@ -204,11 +309,12 @@ def retrain_command(
     app: AppContext,
     /,
     namespace: str,
+    backend: str | None,
     method: str,
     suffix: str | None,
     seed: int | None,
     wait_: bool,
-    interval: float,
+    interval: float | None,
     **options: Any,
 ) -> None:
     """Nightly: export NAMESPACE and submit a job if the data changed.
@@ -216,21 +322,19 @@ def retrain_command(
     Exit codes: 0 submitted (with --wait: succeeded), 10 nothing new,
     11 too few examples, 12 provider error or failed job, 13 another run busy.
     """
-    provider = Provider(app.settings())
     with app.db(autocommit=True) as conn:
         request, opts = prepare(app, conn, namespace, method, suffix, seed, options)
-        outcome = retrain.retrain(
-            conn, provider, request, opts, app.settings().data_dir / "exports"
-        )
+        trainer = choose_backend(app, conn, request, backend)
+        outcome = retrain.retrain(conn, trainer, request, opts, app.settings().data_dir / "exports")
         if outcome.kind == "nothing_new":
             prev = outcome.previous or {}
             click.echo(
-                f"nothing new for {namespace}: dataset {outcome.export.sha256[:16]}… is what job "
-                f"{prev.get('provider_job_id')} ({prev.get('status')}) trained on"
+                f"nothing new for {namespace}: dataset {outcome.export.sha256[:16]}… is what "
+                f"{trainer.name} job {prev.get('provider_job_id')} ({prev.get('status')}) trained on"
             )
             sys.exit(NOTHING_NEW)
         assert outcome.job is not None
-        submit_and_maybe_wait(app, conn, provider, outcome.job, wait_, interval)
+        submit_and_maybe_wait(conn, trainer, outcome.job, wait_, interval)
 
 
 COMMANDS = [finetune_group, retrain_command]

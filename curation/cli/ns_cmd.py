@@ -9,6 +9,7 @@ from curation import names
 from curation.cli.context import AppContext, pass_app
 from curation.cli.output import emit, json_option
 from curation.db import namespaces
+from curation.jobs import backends
 
 
 @click.group("ns")
@@ -39,7 +40,8 @@ def list_(app: AppContext, as_json: bool) -> None:
     """List namespaces."""
     with app.db() as conn:
         rows = [asdict(n) | {"table": n.table} for n in namespaces.list_all(conn)]
-    emit(rows, as_json, ["name", "table", "base_model", "training_system_prompt", "serve_model"])
+    columns = ["name", "table", "backend", "base_model", "training_system_prompt", "serve_model"]
+    emit(rows, as_json, columns)
 
 
 @ns.command()
@@ -58,17 +60,31 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
 @ns.command("set")
 @click.argument("name")
 @click.option("--system-prompt", help="New short training system prompt ('' clears it).")
-@click.option("--base-model", help="New default base model ('' clears it).")
+@click.option(
+    "--base-model", "--model", "base_model", help="New default base model ('' clears it)."
+)
+@click.option(
+    "--backend",
+    help=f"New default training backend: {', '.join(backends.names())} ('' clears it: openai).",
+)
 @pass_app
-def set_(app: AppContext, name: str, system_prompt: str | None, base_model: str | None) -> None:
-    """Change a namespace's settings."""
+def set_(
+    app: AppContext,
+    name: str,
+    system_prompt: str | None,
+    base_model: str | None,
+    backend: str | None,
+) -> None:
+    """Change a namespace's settings: its prompt, and the model and backend it trains on."""
     changes: dict[str, Any] = {}
     if system_prompt is not None:
         changes["training_system_prompt"] = system_prompt or None
     if base_model is not None:
         changes["base_model"] = base_model or None
+    if backend is not None:
+        changes["backend"] = backends.check(backend) if backend else None
     if not changes:
-        raise click.UsageError("nothing to change: give --system-prompt and/or --base-model")
+        raise click.UsageError("nothing to change: give --system-prompt, --model and/or --backend")
     with app.db() as conn:
         namespaces.update(conn, name, **changes)
     click.echo(f"updated {name}: {', '.join(sorted(changes))}")

@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from curation.capture import tags
 from curation.capture.row import Row
 from curation.db import queries
 
@@ -54,8 +55,11 @@ async def create_namespaces(conn: AsyncConnection, names: set[str]) -> None:
 async def insert_rows(conn: AsyncConnection, rows: Sequence[Row], *, clear: bool = False) -> None:
     """Upsert ``rows``; ``clear`` empties staging for another insert in the same transaction."""
     async with conn.cursor() as cur:
-        # tag merges by the proxy are not curation: the audit trigger skips them
-        await cur.execute("SELECT set_config('curation.source', 'proxy', true)")
+        # tag merges by the proxy are not curation: the audit trigger skips them;
+        # JIT would compile the upsert's plan over every partition for seconds
+        await cur.execute(
+            "SELECT set_config('curation.source', 'proxy', true), set_config('jit', 'off', true)"
+        )
         async with cur.copy(queries.get("copy_staging")) as copy:
             for ord_, r in enumerate(rows):
                 if ord_ % 32 == 31:
@@ -77,9 +81,10 @@ async def insert_rows(conn: AsyncConnection, rows: Sequence[Row], *, clear: bool
                         r.seen_at,
                         r.tags,
                         r.rewritten,
+                        r.fallback_from,
                     )
                 )
-        await cur.execute(queries.get("insert_from_staging"))
+        await cur.execute(queries.get("insert_from_staging"), {"max_tags": tags.MAX_TAGS})
         if clear:
             await cur.execute("DELETE FROM capture_staging")
 

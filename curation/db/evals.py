@@ -89,7 +89,28 @@ def decide_proposals(
     ]
 
 
-def set_serving(conn: Connection, namespace: str, model: str | None, percent: int) -> None:
+def set_serving(
+    conn: Connection,
+    namespace: str,
+    model: str | None,
+    percent: int,
+    *,
+    endpoint: str | None = None,
+    key_env: str | None = None,
+) -> None:
+    """Serve with ``model``: at ``endpoint`` (its key in the variable ``key_env``), or upstream."""
     conn.execute(
-        queries.get("set_serving"), {"namespace": namespace, "model": model, "percent": percent}
+        queries.get("set_serving"),
+        {
+            "namespace": namespace,
+            "model": model,
+            "percent": percent,
+            "endpoint": endpoint,
+            "key_env": key_env,
+        },
     )
+
+
+def serving(conn: Connection, namespace: str) -> dict[str, Any]:
+    row = conn.execute(queries.get("get_serving"), {"namespace": namespace}).fetchone()
+    return row or {}

@@ -22,6 +22,7 @@ def insert(
     suffix: str | None,
     method: str,
     hyperparameters: dict[str, Any],
+    backend: str = "openai",
 ) -> dict[str, Any]:
     row = conn.execute(
         queries.get("insert_job"),
@@ -32,6 +33,7 @@ def insert(
             "suffix": suffix,
             "method": method,
             "hyperparameters": Jsonb(hyperparameters),
+            "backend": backend,
         },
     ).fetchone()
     assert row is not None
@@ -49,6 +51,7 @@ def update(
             "validation_file_id",
             "status",
             "fine_tuned_model",
+            "result_location",
             "trained_tokens",
             "error",
         )
@@ -79,12 +82,14 @@ def list_for(conn: Connection, namespace: str | None, limit: int = 50) -> list[d
     ).fetchall()
 
 
-def last_submitted(conn: Connection, namespace: str) -> dict[str, Any] | None:
-    return conn.execute(queries.get("last_submitted_job"), {"namespace": namespace}).fetchone()
+def last_submitted(conn: Connection, namespace: str, backend: str) -> dict[str, Any] | None:
+    return conn.execute(
+        queries.get("last_submitted_job"), {"namespace": namespace, "backend": backend}
+    ).fetchone()
 
 
 def reusable(
-    conn: Connection, namespace: str, dataset_id: int, base_model: str
+    conn: Connection, namespace: str, dataset_id: int, base_model: str, backend: str
 ) -> dict[str, Any] | None:
     return conn.execute(
         queries.get("reusable_job"),
@@ -92,6 +97,7 @@ def reusable(
             "namespace": namespace,
             "dataset_id": dataset_id,
             "base_model": base_model,
+            "backend": backend,
         },
     ).fetchone()
 

@@ -17,8 +17,11 @@ class Namespace:
     name: str
     training_system_prompt: str | None
     base_model: str | None
+    backend: str | None  # default training backend; None: openai
     serve_model: str | None
     serve_percent: int
+    serve_endpoint: str | None
+    serve_endpoint_key_env: str | None
     created_at: datetime
     updated_at: datetime
 
@@ -78,6 +81,7 @@ def update(
     *,
     training_system_prompt: str | None = _UNSET,
     base_model: str | None = _UNSET,
+    backend: str | None = _UNSET,
 ) -> Namespace:
     """Change settings; arguments left out keep their value (None clears)."""
     get(conn, name)
@@ -89,6 +93,8 @@ def update(
         else training_system_prompt,
         "set_model": base_model is not _UNSET,
         "base_model": None if base_model is _UNSET else base_model,
+        "set_backend": backend is not _UNSET,
+        "backend": None if backend is _UNSET else backend,
     }
     conn.execute(queries.get("update_namespace"), params)
     return get(conn, name)

@@ -8,7 +8,8 @@ it: the recorded request, production prompt included.
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from curation.export import examples
 
@@ -16,6 +17,26 @@ from curation.export import examples
 DROPPED = frozenset(
     {"model", "messages", "stream", "stream_options", "n", "metadata", "user", "store", "seed"}
 )
+
+
+class Chat(Protocol):
+    """One chat completion: (assistant message, usage, latency in ms); ``Provider`` is one."""
+
+    def chat(self, **request: Any) -> tuple[dict[str, Any], dict[str, Any], float]: ...
+
+
+@dataclass(frozen=True)
+class Routed:
+    """Students asked at the endpoint serving them, the baseline at the provider."""
+
+    students: frozenset[str]
+    student: Chat
+    teacher: Chat | None = None
+
+    def chat(self, **request: Any) -> tuple[dict[str, Any], dict[str, Any], float]:
+        if self.teacher is None or request.get("model") in self.students:
+            return self.student.chat(**request)
+        return self.teacher.chat(**request)
 
 
 def is_student(model: str, short: bool) -> bool:

@@ -25,8 +25,15 @@ def as_json(expected: str, actual: str) -> bool:
         return False
 
 
+CANNOT_RUN = (126, 127)  # the shell's exit codes for "not executable" and "not found"
+
+
 def command(cmd: str) -> Comparator:
-    """A user command reads {"expected": ..., "actual": ...} on stdin; exit 0 means a match."""
+    """A user command reads {"expected": ..., "actual": ...} on stdin; exit 0 means a match.
+
+    A command the shell cannot run fails the eval: scoring every row a mismatch
+    would report 0% agreement as if the models had answered wrong.
+    """
 
     def compare(expected: str, actual: str) -> bool:
         payload = json.dumps({"expected": _maybe_json(expected), "actual": _maybe_json(actual)})
@@ -36,6 +43,12 @@ def command(cmd: str) -> Comparator:
             )
         except subprocess.TimeoutExpired:
             return False
+        if done.returncode in CANNOT_RUN:
+            said = done.stderr.strip().splitlines()
+            raise InvalidInput(
+                f"--compare {cmd!r} cannot run (exit {done.returncode}"
+                f"{': ' + said[-1] if said else ''}); give exact, json, or a command on PATH"
+            )
         return done.returncode == 0
 
     return compare

@@ -15,13 +15,13 @@ from typing import Any
 
 import orjson
 
+from curation.curate.rows import parse_ids
 from curation.db import evals as db
 from curation.db import namespaces
 from curation.db.connect import Connection
-from curation.errors import NotFound, UpstreamError
+from curation.errors import InvalidInput, NotFound, UpstreamError
 from curation.evaluate import calls, compare, summary
 from curation.export import examples
-from curation.jobs.provider import Provider
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class EvalOutcome:
 
 def evaluate(
     conn: Connection,
-    provider: Provider,
+    provider: calls.Chat,
     req: EvalRequest,
     on_done: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
@@ -137,10 +137,10 @@ def _row_choice(conn: Connection, req: EvalRequest) -> tuple[list[int] | None, i
             )
         return None, dataset_id
     try:
-        return [int(i) for i in req.rows.split(",")], None
-    except ValueError as exc:
-        raise NotFound(
-            f"--rows {req.rows!r}: use validation, all-included or comma-separated ids"
+        return parse_ids(req.rows), None
+    except InvalidInput as exc:
+        raise InvalidInput(
+            f"--rows {req.rows!r}: use validation, all-included or row ids, e.g. 3,14,15"
         ) from exc
 
 

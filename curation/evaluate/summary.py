@@ -91,10 +91,8 @@ def _cost(
         info = models.lookup(model, models_file)
     except InvalidInput:
         return None
-    tuned = model.startswith("ft:")
-    price_in = info.ft_input_per_1m if tuned else info.input_per_1m
-    price_out = info.ft_output_per_1m if tuned else info.output_per_1m
-    return round(1000 * (per_in * price_in + per_out * price_out) / 1e6, 6)
+    cost = info.call_cost(per_in, per_out, model.startswith("ft:"))
+    return None if cost is None else round(1000 * cost, 6)
 
 
 def _savings(o: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:

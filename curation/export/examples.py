@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from curation.capture.prompt import SYSTEM_ROLES
+from curation.capture.prompt import SYSTEM_ROLES, role
+from curation.capture.shape import arr, obj
 
 ASSISTANT_KEYS = ("content", "tool_calls", "refusal", "function_call")
 
@@ -26,39 +27,52 @@ class SourceRow:
 
 
 class Skip(ValueError):
-    """A row that cannot become an example; the message says why."""
+    """A row that cannot become an example; the message says why.
+
+    A recorded request or response is production traffic of any shape (and a
+    curator may edit it), so building an example reads it only through the
+    total accessors of ``capture.shape``: a wrong type is a Skip, never a crash.
+    """
 
 
 def recorded_answer(response: dict[str, Any]) -> dict[str, Any]:
-    choices = response.get("choices") or []
+    choices = arr(obj(response).get("choices"))
     if not choices or not isinstance(choices[0], dict):
         raise Skip("the recorded response has no choices")
     return _assistant(choices[0].get("message") or {})
 
 
-def _assistant(message: dict[str, Any]) -> dict[str, Any]:
+def _assistant(message: Any) -> dict[str, Any]:
+    if not isinstance(message, dict):
+        raise Skip("the answer is not a message object")
     out: dict[str, Any] = {"role": "assistant"}
     if message.get("content") is not None:
         out["content"] = message["content"]
     if message.get("tool_calls"):
-        out["tool_calls"] = [
-            {
-                "id": c.get("id"),
-                "type": c.get("type", "function"),
-                "function": {
-                    "name": c["function"].get("name"),
-                    "arguments": c["function"].get("arguments", ""),
-                },
-            }
-            for c in message["tool_calls"]
-            if isinstance(c, dict) and isinstance(c.get("function"), dict)
-        ]
+        out["tool_calls"] = [_tool_call(c) for c in _list(message["tool_calls"], "tool_calls")]
     if "content" not in out and "tool_calls" not in out:
         refusal = message.get("refusal")
         raise Skip(
             "the answer is a refusal" if refusal else "the answer has no content and no tool calls"
         )
     return out
+
+
+def _tool_call(call: Any) -> dict[str, Any]:
+    function = obj(call).get("function")
+    if not isinstance(function, dict):
+        raise Skip("a recorded tool call has no function object")
+    return {
+        "id": call.get("id"),
+        "type": call.get("type", "function"),
+        "function": {"name": function.get("name"), "arguments": function.get("arguments", "")},
+    }
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise Skip(f"the recorded {what} is not a list")
+    return value
 
 
 def answer(row: SourceRow) -> dict[str, Any]:
@@ -78,12 +92,18 @@ def answer(row: SourceRow) -> dict[str, Any]:
 def conversation(request: dict[str, Any], system_prompt: str | None) -> list[dict[str, Any]]:
     messages = [
         {k: v for k, v in m.items() if v is not None}
-        for m in request.get("messages") or []
-        if isinstance(m, dict) and m.get("role") not in SYSTEM_ROLES
+        for m in map(_message, _list(obj(request).get("messages"), "messages"))
+        if role(m) not in SYSTEM_ROLES
     ]
     if system_prompt:
         messages.insert(0, {"role": "system", "content": system_prompt})
     return messages
+
+
+def _message(message: Any) -> dict[str, Any]:
+    if not isinstance(message, dict) or role(message) is None:
+        raise Skip("a recorded message has no role (a string)")
+    return message
 
 
 def chat_example(row: SourceRow, system_prompt: str | None) -> dict[str, Any]:

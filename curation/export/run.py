@@ -17,6 +17,7 @@ from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,11 +96,29 @@ def export(
         raise InvalidInput(
             f"--validation-fraction {req.validation_fraction} must be from 0 to below 1"
         )
-    info = models.lookup(req.base_model, req.models_file)
+    info = tokens.prepare(models.lookup(req.base_model, req.models_file, open_models=True))
+    with _writing(req.out_dir):
+        return _write(conn, req, info, on_row)
+
+
+@contextmanager
+def _writing(out_dir: Path) -> Iterator[None]:
+    """A failure to write the files (read-only, full, not a folder) is the user's to fix."""
     try:
-        req.out_dir.mkdir(parents=True, exist_ok=True)
+        yield
     except OSError as exc:
-        raise InvalidInput(f"cannot write to {req.out_dir}: {exc.strerror}") from exc
+        raise InvalidInput(
+            f"cannot write to {out_dir}: {exc.strerror or exc}; choose a writable --out folder"
+        ) from exc
+
+
+def _write(
+    conn: Connection,
+    req: ExportRequest,
+    info: models.ModelInfo,
+    on_row: Callable[[int], None] | None,
+) -> ExportResult:
+    req.out_dir.mkdir(parents=True, exist_ok=True)
     train, valid = (_open_split(req.out_dir, name) for name in ("train", "validation"))
     skipped: list[dict[str, Any]] = []
     seen = longest = 0
@@ -111,7 +130,7 @@ def export(
             if outcome.line is None:
                 skipped.append({"id": outcome.row_id, "reason": outcome.reason})
                 continue
-            longest = max(longest, outcome.tokens)
+            longest = max(longest, outcome.longest)
             target = valid if outcome.validation else train
             target.add(outcome.line, outcome.row_id, outcome.version, outcome.tokens)
         if on_row:
@@ -147,21 +166,26 @@ class Outcome:
     tokens: int = 0
     validation: bool = False
     reason: str = ""
+    longest: int = 0  # its longest sequence: a preference pair has two
 
 
 def process(row: tuple[Any, ...], req: ExportRequest, info: models.ModelInfo) -> Outcome:
-    """Build, validate and count one row's example. Pure but for tiktoken's tables."""
+    """Build, validate and count one row's example. Pure but for the tokenizer's tables."""
     try:
         source, example = _example(row, req)
-        n = tokens.count_example(_countable(example), info.encoding)
-        if n > info.max_example_tokens:
-            raise examples.Skip(
-                f"too_long: {n} tokens, over {info.name}'s limit of {info.max_example_tokens}"
-            )
+        n = tokens.count(example, info)
+        validate.check_length(n.longest, info.max_example_tokens, info.name)
     except (examples.Skip, validate.Invalid, ValueError, KeyError, TypeError) as exc:
         return Outcome(row[0], row[1], None, reason=str(exc))
     validation = split.is_validation(source.user_prompt, req.validation_fraction)
-    return Outcome(source.id, source.version, orjson.dumps(example) + b"\n", n, validation)
+    return Outcome(
+        source.id,
+        source.version,
+        orjson.dumps(example) + b"\n",
+        n.total,
+        validation,
+        longest=n.longest,
+    )
 
 
 def process_chunk(
@@ -221,15 +245,6 @@ def _example(row: tuple[Any, ...], req: ExportRequest) -> tuple[examples.SourceR
     return source, example
 
 
-def _countable(example: dict[str, Any]) -> dict[str, Any]:
-    if "input" not in example:
-        return example
-    messages = (
-        example["input"]["messages"] + example["preferred_output"] + example["non_preferred_output"]
-    )
-    return {"messages": messages, "tools": example["input"].get("tools")}
-
-
 def _open_split(out_dir: Path, name: str) -> _Split:
     path = out_dir / f"{name}.jsonl"
     tmp = out_dir / f".{name}.jsonl.{os.getpid()}.tmp"
@@ -248,6 +263,7 @@ def _manifest(
     train_sha = train.sha.hexdigest()
     valid_sha = valid.sha.hexdigest() if valid.examples else None
     epochs = req.epochs or info.default_epochs
+    cost, cost_basis = info.training_cost(train.tokens, epochs)
     total = train.examples + valid.examples
     warnings = []
     if train.examples < MIN_EXAMPLES:
@@ -262,6 +278,8 @@ def _manifest(
         "format": req.format,
         "base_model": info.name,
         "encoding": info.encoding,
+        "tokenizer": info.tokenizer,
+        "counted_with": info.counted_with,
         "system_prompt": req.system_prompt,
         "created_at": datetime.now(UTC).isoformat(),
         "sha256": hashlib.sha256(f"{train_sha}:{valid_sha or ''}".encode()).hexdigest(),
@@ -293,9 +311,11 @@ def _manifest(
             "validation": valid.tokens,
             "longest_example": longest,
             "limit_per_example": info.max_example_tokens,
+            "context_limit": info.context_tokens,
         },
         "epochs": epochs,
-        "estimated_training_cost_usd": round(train.tokens * epochs * info.training_per_1m / 1e6, 4),
+        "estimated_training_cost_usd": cost,
+        "cost_basis": cost_basis,
         "validation_fraction": req.validation_fraction,
         "min_examples": MIN_EXAMPLES,
         "ready_to_submit": train.examples >= MIN_EXAMPLES,

@@ -3,7 +3,8 @@
 Error names follow OpenAI's cookbook format checks (data_type,
 missing_messages_list, message_missing_key, message_unrecognized_key,
 unrecognized_role, missing_content, example_missing_assistant_message),
-plus tool-call shapes, ``weight`` and the last message being the answer.
+plus tool-call shapes, ``weight``, the last message being the answer and
+the length (``too_long``, counted by ``tokens.count`` for the model).
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ class Invalid(ValueError):
     def __init__(self, code: str, detail: str) -> None:
         super().__init__(f"{code}: {detail}")
         self.code = code
+
+
+def check_length(tokens: int, limit: int | None, model: str) -> None:
+    """An example (or either side of a pair) must fit the model's per-example limit."""
+    if limit is not None and tokens > limit:
+        raise Invalid("too_long", f"{tokens} tokens, over {model}'s limit of {limit}")
 
 
 def check_chat(example: Any) -> None:

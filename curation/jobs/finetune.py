@@ -1,8 +1,10 @@
-"""Submit, follow and cancel fine-tuning jobs; every step is recorded first.
+"""Submit, follow and cancel fine-tuning jobs on any backend; every step is recorded first.
 
 Each step commits on its own (the connection is autocommit), so a failure
 leaves an honest record: an upload that worked before job creation failed
-is kept, and the next submit of the same dataset reuses the file.
+is kept, and the next submit of the same dataset to the same backend reuses
+the file. The row's ``backend`` says who trains it; status, wait and cancel
+ask that backend.
 """
 
 from __future__ import annotations
@@ -16,10 +18,14 @@ from curation.db import jobs
 from curation.db.connect import Connection
 from curation.errors import Conflict, TooFewExamples, UpstreamError
 from curation.export.run import MIN_EXAMPLES, ExportResult
-from curation.jobs.provider import Provider
+from curation.jobs.backends import TERMINAL, Backend, JobEvent, JobSpec, RemoteJob
+
+# Backends whose worker writes the job's state into fine_tune_job itself: a
+# refresh reads the row back instead of writing over the worker's progress.
+SELF_RECORDING = frozenset({"local"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SubmitOptions:
     namespace: str
     method: str = "supervised"
@@ -29,18 +35,16 @@ class SubmitOptions:
 
 
 def submit(
-    conn: Connection, provider: Provider, export: ExportResult, opts: SubmitOptions
+    conn: Connection, backend: Backend, export: ExportResult, opts: SubmitOptions
 ) -> dict[str, Any]:
+    """Record the job, upload its files, and create it at ``backend``."""
+    check_size(export, opts.namespace)
     manifest = export.manifest
-    train_examples = int(manifest["counts"]["train"])
-    if train_examples < MIN_EXAMPLES:
-        raise TooFewExamples(
-            f"{train_examples} valid training examples in {opts.namespace}; fine-tuning needs at least "
-            f"{MIN_EXAMPLES}: include {MIN_EXAMPLES - train_examples} more (curation export shows skipped rows)"
-        )
     base_model = manifest["base_model"]
     epochs = opts.epochs or manifest["epochs"]
-    job = jobs.reusable(conn, opts.namespace, export.dataset_id, base_model) or jobs.insert(
+    job = jobs.reusable(
+        conn, opts.namespace, export.dataset_id, base_model, backend.name
+    ) or jobs.insert(
         conn,
         namespace=opts.namespace,
         dataset_id=export.dataset_id,
@@ -48,89 +52,114 @@ def submit(
         suffix=opts.suffix or opts.namespace,
         method=opts.method,
         hyperparameters={"n_epochs": epochs, "seed": opts.seed},
+        backend=backend.name,
     )
-    try:
-        train_id = job["training_file_id"] or provider.upload(export.train_path)
-        job = jobs.update(conn, job["id"], training_file_id=train_id)
-        valid_id = job["validation_file_id"]
-        if export.validation_path is not None and not valid_id:
-            valid_id = provider.upload(export.validation_path)
-            job = jobs.update(conn, job["id"], validation_file_id=valid_id)
-    except UpstreamError as exc:
-        jobs.update(conn, job["id"], status="upload_failed", error=str(exc))
-        raise
-    params: dict[str, Any] = {
-        "model": base_model,
-        "training_file": train_id,
-        "suffix": (opts.suffix or opts.namespace)[:64],
-        "method": {"type": opts.method, opts.method: {"hyperparameters": {"n_epochs": epochs}}},
-        "metadata": {
+    job = upload(conn, backend, job, export)
+    spec = JobSpec(
+        base_model=base_model,
+        training_file=job["training_file_id"],
+        validation_file=job["validation_file_id"],
+        method=opts.method,
+        epochs=epochs,
+        suffix=opts.suffix or opts.namespace,
+        seed=opts.seed,
+        metadata={
             "namespace": opts.namespace,
             "dataset_sha256": export.sha256,
             "dataset_id": str(export.dataset_id),
         },
-    }
-    if valid_id:
-        params["validation_file"] = valid_id
-    if opts.seed is not None:
-        params["seed"] = opts.seed
+        local_job_id=job["id"],
+    )
     try:
-        created = provider.create_job(**params)
+        remote = backend.submit(spec)
     except UpstreamError as exc:
         jobs.update(conn, job["id"], status="create_failed", error=str(exc))
         raise
+    if backend.name in SELF_RECORDING:  # its worker may be running it already
+        return jobs.update(conn, job["id"], provider_job_id=remote.id)
     return jobs.update(
-        conn, job["id"], provider_job_id=created["id"], status=created["status"], clear_error=True
+        conn, job["id"], provider_job_id=remote.id, status=remote.status, clear_error=True
     )
 
 
-def refresh(conn: Connection, provider: Provider, job: dict[str, Any]) -> dict[str, Any]:
-    """Bring the local record up to date with the provider's."""
+def check_size(export: ExportResult, namespace: str) -> None:
+    train_examples = int(export.manifest["counts"]["train"])
+    if train_examples < MIN_EXAMPLES:
+        raise TooFewExamples(
+            f"{train_examples} valid training examples in {namespace}; fine-tuning needs at least "
+            f"{MIN_EXAMPLES}: include {MIN_EXAMPLES - train_examples} more (curation export shows skipped rows)"
+        )
+
+
+def upload(
+    conn: Connection, backend: Backend, job: dict[str, Any], export: ExportResult
+) -> dict[str, Any]:
+    """Upload what this job has not uploaded yet; each reference is recorded at once."""
+    try:
+        if not job["training_file_id"]:
+            job = jobs.update(conn, job["id"], training_file_id=backend.upload(export.train_path))
+        if export.validation_path is not None and not job["validation_file_id"]:
+            valid_id = backend.upload(export.validation_path)
+            job = jobs.update(conn, job["id"], validation_file_id=valid_id)
+    except UpstreamError as exc:
+        jobs.update(conn, job["id"], status="upload_failed", error=str(exc))
+        raise
+    return job
+
+
+def refresh(conn: Connection, backend: Backend, job: dict[str, Any]) -> dict[str, Any]:
+    """Bring the local record up to date with the backend's."""
     if not job["provider_job_id"]:
         return job
-    remote = provider.retrieve(job["provider_job_id"])
-    error = remote.get("error") or {}
-    message = error.get("message") if isinstance(error, dict) else None
+    return record(conn, backend, job, backend.status(job["provider_job_id"]))
+
+
+def record(
+    conn: Connection, backend: Backend, job: dict[str, Any], remote: RemoteJob
+) -> dict[str, Any]:
+    if backend.name in SELF_RECORDING:
+        return jobs.get(conn, str(job["id"]))
     return jobs.update(
         conn,
         job["id"],
-        status=remote["status"],
-        fine_tuned_model=remote.get("fine_tuned_model"),
-        trained_tokens=remote.get("trained_tokens"),
-        error=message,
+        status=remote.status,
+        fine_tuned_model=remote.model,
+        result_location=remote.result_location,
+        trained_tokens=remote.trained_tokens,
+        error=remote.error,
     )
 
 
 def wait(
     conn: Connection,
-    provider: Provider,
+    backend: Backend,
     job: dict[str, Any],
     *,
     interval: float = 5.0,
     max_interval: float = 60.0,
-    on_event: Callable[[dict[str, Any]], None] | None = None,
+    on_event: Callable[[JobEvent], None] | None = None,
 ) -> dict[str, Any]:
     """Poll with backoff until the job ends; show each new event once."""
     if not job["provider_job_id"]:
         raise Conflict(
-            f"job {job['id']} never reached the provider ({job['status']}): submit it again"
+            f"job {job['id']} never reached the {backend.name} backend ({job['status']}): "
+            "submit it again"
         )
     shown: set[str] = set()
     while True:
-        job = refresh(conn, provider, job)
-        for event in provider.events(job["provider_job_id"]):
-            if event["id"] not in shown:
-                shown.add(event["id"])
+        job = refresh(conn, backend, job)
+        for event in backend.events(job["provider_job_id"]):
+            if event.id not in shown:
+                shown.add(event.id)
                 if on_event:
                     on_event(event)
-        if job["status"] in jobs.TERMINAL:
+        if job["status"] in TERMINAL:
             return job
         time.sleep(interval)
         interval = min(interval * 1.5, max_interval)
 
 
-def cancel(conn: Connection, provider: Provider, job: dict[str, Any]) -> dict[str, Any]:
+def cancel(conn: Connection, backend: Backend, job: dict[str, Any]) -> dict[str, Any]:
     if not job["provider_job_id"]:
         return jobs.update(conn, job["id"], status="cancelled")
-    remote = provider.cancel(job["provider_job_id"])
-    return jobs.update(conn, job["id"], status=remote["status"])
+    return record(conn, backend, job, backend.cancel(job["provider_job_id"]))

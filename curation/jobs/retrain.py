@@ -1,12 +1,14 @@
 """The nightly job: export, and submit only when the data changed.
 
 Safe under cron: a PostgreSQL advisory lock per namespace keeps two runs
-apart (the second exits with code 13), and a dataset whose sha256 equals the
-last submitted job's submits nothing (exit 10).
+apart (the second exits with code 13), and a dataset whose sha256, base model
+and method equal those of the last job submitted to the same backend submits
+nothing (exit 10).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
@@ -18,7 +20,7 @@ from curation.db.connect import Connection
 from curation.errors import Busy
 from curation.export.run import ExportRequest, ExportResult, export
 from curation.jobs import finetune
-from curation.jobs.provider import Provider
+from curation.jobs.backends import Backend
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,12 @@ class Outcome:
 
 
 def export_into(conn: Connection, request: ExportRequest, exports_dir: Path) -> ExportResult:
-    """Export into ``exports_dir/<namespace>/<sha256[:16]>``: one folder per distinct dataset."""
+    """Export into ``exports_dir/<namespace>/<sha256[:16]>``: one folder per distinct dataset.
+
+    The folder outlives the command (a local worker trains from it), and a
+    second export of the same data replaces its files one atomic rename at a
+    time, so a job reading them never sees a missing or half-written file.
+    """
     base = exports_dir / request.namespace
     base.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".export-", dir=base))
@@ -38,9 +45,9 @@ def export_into(conn: Connection, request: ExportRequest, exports_dir: Path) -> 
         with conn.transaction():
             result = export(conn, replace(request, out_dir=scratch))
         final = base / result.sha256[:16]
-        if final.exists():
-            shutil.rmtree(final)
-        scratch.rename(final)
+        final.mkdir(exist_ok=True)
+        for item in scratch.iterdir():
+            os.replace(item, final / item.name)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     validation = final / result.validation_path.name if result.validation_path else None
@@ -49,7 +56,7 @@ def export_into(conn: Connection, request: ExportRequest, exports_dir: Path) -> 
 
 def retrain(
     conn: Connection,
-    provider: Provider,
+    backend: Backend,
     request: ExportRequest,
     opts: finetune.SubmitOptions,
     exports_dir: Path,
@@ -57,7 +64,7 @@ def retrain(
     if not jobs.try_lock(conn, request.namespace):
         raise Busy(f"another retrain of {request.namespace} is running; this one did nothing")
     result = export_into(conn, request, exports_dir)
-    last = jobs.last_submitted(conn, request.namespace)
+    last = jobs.last_submitted(conn, request.namespace, backend.name)
     if (
         last is not None
         and last["dataset_sha256"] == result.sha256
@@ -65,5 +72,5 @@ def retrain(
         and last["method"] == opts.method
     ):
         return Outcome("nothing_new", None, result, last)
-    job = finetune.submit(conn, provider, result, opts)
+    job = finetune.submit(conn, backend, result, opts)
     return Outcome("submitted", job, result, last)

@@ -11,23 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hmac
 import logging
 import time
 from dataclasses import dataclass, field
 
 import aiohttp
-import orjson
 from aiohttp import web
 from yarl import URL
 
 from curation.capture.rewrite import rewrite
 from curation.capture.row import Capture
 from curation.config import Settings
-from curation.proxy import ops, routing, spool
+from curation.proxy import admission, ops, routing, spool, student
+from curation.proxy.admission import Refusal
 from curation.proxy.metrics import Metrics
 from curation.proxy.recorder import Recorder
-from curation.proxy.serving import ServingTable
+from curation.proxy.serving import Serving, ServingTable
+from curation.proxy.sse import EndOfStream
 
 log = logging.getLogger("curation.proxy")
 access = logging.getLogger("curation.access")
@@ -49,6 +49,8 @@ class Call:
     t0: float
     t_up: float = 0.0
     rewritten: bool = False
+    fallback_from: str | None = None  # the student that failed: the teacher answered
+    head: bytes = b""  # the student's first chunk, read before the client got a byte
 
 
 @dataclass
@@ -60,23 +62,14 @@ class Proxy:
     serving: ServingTable
     session: aiohttp.ClientSession | None = None
     _supervisor: asyncio.Task[None] = field(init=False)
+    _namespaces: admission.NamespaceCap = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._namespaces = admission.NamespaceCap(
+            self.settings.create_namespaces, self.settings.max_namespaces
+        )
 
     # -- helpers ---------------------------------------------------------
-
-    def error(
-        self, status: int, message: str, code: str, kind: str = "invalid_request_error"
-    ) -> web.Response:
-        body = orjson.dumps(routing.error_body(message, code, kind))
-        return web.Response(status=status, body=body, content_type="application/json")
-
-    def authorized(self, request: web.Request) -> bool:
-        if not self.settings.proxy_keys:
-            return True
-        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip().encode()
-        found = False
-        for key in self.settings.proxy_keys:  # no early exit: time does not tell which key
-            found |= hmac.compare_digest(given, key.encode())
-        return found
 
     def spool_capture(self, capture: Capture) -> None:
         try:
@@ -92,41 +85,20 @@ class Proxy:
     # -- the proxy -------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        t0 = time.perf_counter()
-        try:
-            route = routing.route(
-                request.method,
-                request.path,
-                request.headers.get("X-Curation-Namespace"),
-                self.settings.default_namespace,
-            )
-        except routing.RouteError as exc:
-            return self.error(exc.status, str(exc), exc.code)
-        if not self.authorized(request):
-            return self.error(
-                401, "Incorrect API key provided to the curation proxy.", "invalid_api_key"
-            )
-        body = await self._read_body(request)
-        if isinstance(body, web.Response):
-            return body
-        ns = route.namespace
-        if route.record and ns and not self.settings.create_namespaces:
-            known = self.serving.namespaces
-            if known is not None and ns not in known:
-                return self.error(
-                    404,
-                    f"unknown curation namespace {ns!r} (namespaces are not created on use here)",
-                    "namespace_not_found",
-                )
         call = Call(
-            route=route,
-            record=route.record and self._should_record(request, ns),
-            body=body,
+            route=routing.Route(request.path, None, record=False),  # until routed
+            record=False,
+            body=b"",
             tags=request.headers.get("X-Curation-Tags"),
-            kind="chat" if route.record else "other",
+            kind="other",
             started=time.time(),
-            t0=t0,
+            t0=time.perf_counter(),
         )
+        try:
+            await self._admit(request, call)
+        except Refusal as refusal:
+            return self._answer(call, refusal)
+        route, ns, body = call.route, call.route.namespace, call.body
         forwarded = body
         served = self.serving.by_namespace.get(ns or "") if route.record else None
         if served is not None:
@@ -143,6 +115,11 @@ class Proxy:
         )
         assert self.session is not None
         call.t_up = time.perf_counter()
+        if call.rewritten and served is not None and served.endpoint:
+            answered = await self._ask_student(request, served, forwarded, call)
+            if answered is not None:
+                return await self._respond(request, answered, call)
+            forwarded = body  # the student failed: the teacher gets the client's own call
         try:
             upstream = await self.session.request(
                 request.method,
@@ -156,18 +133,52 @@ class Proxy:
             )
         except TimeoutError:
             self.metrics.upstream_errors.labels("timeout").inc()
-            return self.error(
-                504, "The upstream did not answer in time.", "upstream_timeout", "api_error"
+            return self._answer(
+                call,
+                Refusal(
+                    504, "The upstream did not answer in time.", "upstream_timeout", "api_error"
+                ),
             )
         except aiohttp.ClientError as exc:
             self.metrics.upstream_errors.labels("connect").inc()
             log.warning("upstream unreachable: %s", exc)
-            return self.error(
-                502,
-                f"The upstream is unreachable: {type(exc).__name__}.",
-                "upstream_unreachable",
-                "api_error",
+            return self._answer(
+                call,
+                Refusal(
+                    502,
+                    f"The upstream is unreachable: {type(exc).__name__}.",
+                    "upstream_unreachable",
+                    "api_error",
+                ),
             )
+        return await self._respond(request, upstream, call)
+
+    async def _ask_student(
+        self, request: web.Request, served: Serving, body: bytes, call: Call
+    ) -> aiohttp.ClientResponse | None:
+        """The student's response, or None (counted) when the teacher must answer instead."""
+        assert self.session is not None
+        outcome = await student.ask(
+            self.session, served, body, request.headers, self.settings.student_timeout
+        )
+        if isinstance(outcome, student.Answer):
+            call.head = outcome.head
+            return outcome.response
+        ns = call.route.namespace or ""
+        self.metrics.student_fallbacks.labels(ns, outcome.reason).inc()
+        log.warning(
+            "%s: student %s failed (%s), the teacher answers: %s",
+            ns,
+            served.model,
+            outcome.reason,
+            outcome.detail,
+        )
+        call.rewritten, call.fallback_from = False, served.model
+        return None
+
+    async def _respond(
+        self, request: web.Request, upstream: aiohttp.ClientResponse, call: Call
+    ) -> web.StreamResponse:
         try:
             if upstream.content_type == "text/event-stream":
                 return await self._stream(request, upstream, call)
@@ -184,22 +195,15 @@ class Proxy:
             return False
         return True
 
-    async def _read_body(self, request: web.Request) -> bytes | web.Response:
-        limit = self.settings.max_body_bytes
-        too_big = self.error(
-            413,
-            f"Request body over the curation proxy's limit of {limit} bytes.",
-            "request_too_large",
-        )
-        if request.content_length is not None and request.content_length > limit:
-            return too_big
-        chunks, size = [], 0
-        async for chunk in request.content.iter_any():
-            size += len(chunk)
-            if size > limit:
-                return too_big
-            chunks.append(chunk)
-        return b"".join(chunks)
+    async def _admit(self, request: web.Request, call: Call) -> None:
+        """Route the call and read its body, or raise the ``Refusal`` that answers it."""
+        route = call.route = admission.route(request, self.settings.default_namespace)
+        call.kind = "chat" if route.record else "other"
+        admission.check_key(request.headers, self.settings.proxy_keys)
+        if route.record and route.namespace:
+            self._namespaces.admit(route.namespace, self.serving.namespaces)
+        call.body = await admission.read_body(request, self.settings)
+        call.record = route.record and self._should_record(request, route.namespace)
 
     def _record(
         self, call: Call, upstream: aiohttp.ClientResponse, response: bytes, streamed: bool
@@ -216,6 +220,7 @@ class Proxy:
                 request=call.body,
                 response=response,
                 rewritten=call.rewritten,
+                fallback_from=call.fallback_from,
             )
         )
 
@@ -224,16 +229,22 @@ class Proxy:
             data = await upstream.read()
         except TimeoutError:
             self.metrics.upstream_errors.labels("timeout").inc()
-            return self.error(
-                504, "The upstream did not finish in time.", "upstream_timeout", "api_error"
+            return self._answer(
+                call,
+                Refusal(
+                    504, "The upstream did not finish in time.", "upstream_timeout", "api_error"
+                ),
             )
         except aiohttp.ClientError as exc:
             self.metrics.upstream_errors.labels("cut").inc()
-            return self.error(
-                502,
-                f"The upstream broke off: {type(exc).__name__}.",
-                "upstream_unreachable",
-                "api_error",
+            return self._answer(
+                call,
+                Refusal(
+                    502,
+                    f"The upstream broke off: {type(exc).__name__}.",
+                    "upstream_unreachable",
+                    "api_error",
+                ),
             )
         t_done = time.perf_counter()
         if call.record:
@@ -256,19 +267,20 @@ class Proxy:
             status=upstream.status, headers=routing.client_headers(upstream.headers)
         )
         chunks: list[bytes] = []
+        end = EndOfStream()
         spooled = False
         try:
             await response.prepare(request)
             t_first = time.perf_counter()
-            async for chunk in upstream.content.iter_any():
+            async for chunk in student.chunks(call.head, upstream):
                 if record:
                     chunks.append(chunk)
-                    if not spooled and b"[DONE]" in chunk:  # spool before the client has it all
+                    if not spooled and end.feed(chunk):  # spool before the client has it all
                         self._record(call, upstream, b"".join(chunks), streamed=True)
                         spooled = True
                 await response.write(chunk)
             if record and not spooled:
-                if b"[DONE]" in b"".join(chunks[-2:]):
+                if end.finish():
                     self._record(call, upstream, b"".join(chunks), streamed=True)
                 else:
                     self.metrics.unrecorded.labels("upstream_cut").inc()
@@ -291,6 +303,11 @@ class Proxy:
             return response
         self._done(call, upstream.status, t_first)
         return response
+
+    def _answer(self, call: Call, refusal: Refusal) -> web.Response:
+        """The proxy answers this call itself: counted, then OpenAI's error shape."""
+        self._done(call, refusal.status)
+        return refusal.response()
 
     def _done(
         self, call: Call, status: int, t_headers: float | None = None, after: float = 0.0

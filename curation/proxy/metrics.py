@@ -22,7 +22,7 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
             "curation_requests",
-            "Requests answered, by namespace, kind and status.",
+            "Requests answered (by the upstream or by the proxy itself), by namespace, kind and status.",
             ["namespace", "kind", "status"],
             registry=r,
         )
@@ -65,6 +65,14 @@ class Metrics:
             ["namespace", "answered_by"],
             registry=r,
         )
+        self.student_fallbacks = Counter(
+            "curation_student_fallbacks",
+            "Calls of a served namespace that its student endpoint failed before the client got "
+            "a byte, answered by the teacher instead, by reason (connect, timeout, status_4xx, "
+            "status_5xx, cut).",
+            ["namespace", "reason"],
+            registry=r,
+        )
 
 
 class RecorderCollector(Collector):
@@ -77,7 +85,7 @@ class RecorderCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         status = self.recorder.status()
         counters = {
-            "rows_written": "Captures committed to PostgreSQL.",
+            "rows_written": "Captures committed to PostgreSQL (rejected ones not counted).",
             "write_errors": "Failed batch writes (each retried).",
             "rejected": "Captures PostgreSQL refused (kept in the spool's rejected.jsonl).",
             "unrecordable": "Captures that could not become rows (kept in rejected.jsonl).",
@@ -95,17 +103,22 @@ class RecorderCollector(Collector):
             "1 while the recorder reaches PostgreSQL.",
             value=1.0 if self.recorder.database_ok else 0.0,
         )
-        depth = max(0, self.spool.appended - int(status.get("committed_frames", 0)))
         yield GaugeMetricFamily(
-            "curation_recorder_queue_depth",
-            "Captures spooled but not yet in PostgreSQL.",
-            value=float(depth),
+            "curation_recorder_stalled",
+            "1 while the recorder makes no progress with captures waiting (it is restarted).",
+            value=1.0 if self.recorder.stalled else 0.0,
         )
         self.spool.rescan()  # once per scrape: the recorder deletes what it has written
+        committed = self.recorder.committed()
+        yield GaugeMetricFamily(
+            "curation_recorder_queue_depth",
+            "Captures spooled but not yet in PostgreSQL (exact, also across recorder restarts).",
+            value=float(self.spool.frames_after(committed)),
+        )
         yield GaugeMetricFamily(
             "curation_recorder_queue_bytes",
             "Spooled bytes not yet in PostgreSQL (exact, also across recorder restarts).",
-            value=float(self.spool.bytes_after(self.recorder.committed())),
+            value=float(self.spool.bytes_after(committed)),
         )
         yield GaugeMetricFamily(
             "curation_spool_bytes", "Bytes in spool segments.", value=float(self.spool.total_bytes)

@@ -3,7 +3,9 @@
 A background task re-reads the namespace table every few seconds, so
 `curation serve` takes effect in every running proxy without a restart
 (and the proxy learns of new namespaces). PostgreSQL away: the last known
-settings stay in force.
+settings stay in force. A student served elsewhere (``serve_endpoint``) is
+called there, with the key read from the variable the namespace names (the
+database never holds the key).
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import asyncio
 import contextlib
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 
+from curation.config import secret_from_env
 from curation.db import capture as db
 
 log = logging.getLogger("curation.serving")
@@ -28,6 +31,8 @@ class Serving:
     model: str
     percent: int
     short_prompt: str | None
+    endpoint: str | None = None  # base URL of the student's OpenAI-compatible API; None: upstream
+    api_key: str | None = field(default=None, repr=False)
 
     def take(self) -> bool:
         """Decide per call: serve this one with the fine-tuned model?"""
@@ -72,16 +77,36 @@ class ServingTable:
 
     def load(self, rows: list[dict[str, Any]]) -> None:
         table = {
-            str(row["name"]): Serving(
-                str(row["serve_model"]), int(row["serve_percent"]), row["training_system_prompt"]
-            )
+            str(row["name"]): serving_of(row)
             for row in rows
             if row["serve_model"] and int(row["serve_percent"]) > 0
         }
         if table != self.by_namespace:
             log.info(
                 "serving settings changed",
-                extra={"serving": {k: v.model for k, v in table.items()}},
+                extra={
+                    "serving": {k: [v.model, v.endpoint or "upstream"] for k, v in table.items()}
+                },
             )
+            for name, row in ((r["name"], r) for r in rows if r.get("serve_endpoint_key_env")):
+                if name in table and table[name].api_key is None:
+                    log.warning(
+                        "%s: the student's key variable %s is not set in the proxy's environment;"
+                        " calls go to %s without a key",
+                        name,
+                        row["serve_endpoint_key_env"],
+                        row["serve_endpoint"],
+                    )
         self.by_namespace = table
         self.namespaces = {str(row["name"]) for row in rows}
+
+
+def serving_of(row: dict[str, Any]) -> Serving:
+    key_env = row.get("serve_endpoint_key_env")
+    return Serving(
+        str(row["serve_model"]),
+        int(row["serve_percent"]),
+        row["training_system_prompt"],
+        row.get("serve_endpoint") or None,
+        secret_from_env(key_env) if key_env else None,
+    )

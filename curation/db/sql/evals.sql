@@ -61,8 +61,16 @@ WHERE id = ANY(%(ids)s) AND proposed_response IS NOT NULL
 RETURNING id
 
 -- name: set_serving
-UPDATE namespace SET serve_model = %(model)s, serve_percent = %(percent)s, updated_at = now()
+UPDATE namespace
+SET serve_model = %(model)s, serve_percent = %(percent)s, serve_endpoint = %(endpoint)s,
+    serve_endpoint_key_env = %(key_env)s, updated_at = now()
+WHERE name = %(namespace)s
+
+-- name: get_serving
+SELECT serve_model, serve_percent, serve_endpoint, serve_endpoint_key_env FROM namespace
 WHERE name = %(namespace)s
 
 -- name: serving_table
-SELECT name, serve_model, serve_percent, training_system_prompt FROM namespace
+SELECT name, serve_model, serve_percent, training_system_prompt, serve_endpoint,
+       serve_endpoint_key_env
+FROM namespace

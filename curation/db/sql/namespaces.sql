@@ -2,14 +2,14 @@
 SELECT curation_create_namespace(%(name)s, %(training_system_prompt)s, %(base_model)s) AS created
 
 -- name: list_namespaces
-SELECT n.name, n.training_system_prompt, n.base_model, n.serve_model, n.serve_percent,
-       n.created_at, n.updated_at
+SELECT n.name, n.training_system_prompt, n.base_model, n.backend, n.serve_model, n.serve_percent,
+       n.serve_endpoint, n.serve_endpoint_key_env, n.created_at, n.updated_at
 FROM namespace n
 ORDER BY n.name
 
 -- name: get_namespace
-SELECT n.name, n.training_system_prompt, n.base_model, n.serve_model, n.serve_percent,
-       n.created_at, n.updated_at
+SELECT n.name, n.training_system_prompt, n.base_model, n.backend, n.serve_model, n.serve_percent,
+       n.serve_endpoint, n.serve_endpoint_key_env, n.created_at, n.updated_at
 FROM namespace n
 WHERE n.name = %(name)s
 
@@ -28,6 +28,7 @@ GROUP BY namespace
 UPDATE namespace
 SET training_system_prompt = CASE WHEN %(set_prompt)s THEN %(training_system_prompt)s ELSE training_system_prompt END,
     base_model = CASE WHEN %(set_model)s THEN %(base_model)s ELSE base_model END,
+    backend = CASE WHEN %(set_backend)s THEN %(backend)s ELSE backend END,
     updated_at = now()
 WHERE name = %(name)s
 RETURNING name

@@ -97,10 +97,15 @@ def names() -> list[str]:
     return sorted(BACKENDS)
 
 
-def get(name: str, settings: Settings) -> Backend:
-    """The backend called ``name``, configured from ``settings``."""
+def check(name: str) -> str:
+    """``name`` if it names a backend; else one line listing the names."""
     if name not in BACKENDS:
         raise InvalidInput(f"unknown backend {name!r}: use one of {', '.join(names())}")
-    module = importlib.import_module(BACKENDS[name])
+    return name
+
+
+def get(name: str, settings: Settings) -> Backend:
+    """The backend called ``name``, configured from ``settings``."""
+    module = importlib.import_module(BACKENDS[check(name)])
     backend: Backend = module.create(settings)
     return backend

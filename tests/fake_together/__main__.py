@@ -1,0 +1,3 @@
+from tests.fake_together import main
+
+main()
