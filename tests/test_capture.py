@@ -379,3 +379,19 @@ def test_gzip_bomb_is_unrecordable() -> None:
 def test_broken_gzip_is_unrecordable() -> None:
     with pytest.raises(row.Unrecordable):
         row.build(capture({"messages": []}, b"\x1f\x8bnot gzip", encoding="gzip"))
+
+
+def test_stream_without_done_is_whole_only_when_every_choice_finished() -> None:
+    """Some OpenAI-compatible engines (transformers serve) end a stream at EOF with no
+    [DONE]; the proxy spools only a clean end, so finished choices make it whole."""
+    finished = sse(
+        chunk([{"index": 0, "delta": {"role": "assistant", "content": "Hi"}}]),
+        chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}]),
+    ).removesuffix(b"data: [DONE]\n\n")
+    whole = stream.reassemble(finished)
+    assert whole is not None and whole["choices"][0]["message"]["content"] == "Hi"
+    unfinished = sse(
+        chunk([{"index": 0, "delta": {"content": "Hi"}, "finish_reason": "stop"}]),
+        chunk([{"index": 1, "delta": {"content": "cut"}}]),
+    ).removesuffix(b"data: [DONE]\n\n")
+    assert stream.reassemble(unfinished) is None

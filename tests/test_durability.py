@@ -268,6 +268,35 @@ def test_poison_captures_never_stop_recording(
     assert "curation_unrecordable_total 1.0" in metrics(proxy)
 
 
+def test_stream_ended_without_done_is_recorded_when_finished(
+    start_proxy: Start, db_url: str, fake_openai: FakeOpenAI
+) -> None:
+    """An engine that closes its stream cleanly with no [DONE]: recorded when every
+    choice finished, set aside in rejected.jsonl (never silently lost) when not."""
+
+    def event(delta: dict[str, Any], finish: str | None) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        body = {"id": "c", "object": "chat.completion.chunk", "model": "m", "choices": [choice]}
+        return b"data: " + orjson.dumps(body) + b"\n\n"
+
+    fake_openai.raw["eof"] = ("text/event-stream", event({"content": "whole"}, "stop"))
+    fake_openai.raw["half"] = ("text/event-stream", event({"content": "half"}, None))
+    proxy = start_proxy()
+    for prompt, raw in (("finished", "eof"), ("unfinished", "half")):
+        answer = httpx.post(
+            f"{proxy.url}/ns/dur/v1/chat/completions",
+            json={"model": "x", "messages": [{"role": "user", "content": prompt}], "stream": True},
+            headers={"Authorization": f"Bearer {KEY}", "X-Fake-Raw": raw},
+            timeout=10,
+        )
+        assert answer.status_code == 200
+    call(proxy, "after")
+    got = wait_for(lambda: (r := recorded(db_url)) and len(r) == 2 and r, timeout=15)
+    assert set(got) == {"finished", "after"}
+    [rejected] = (proxy.spool_dir / "rejected.jsonl").read_text().splitlines()
+    assert "before every choice finished" in json.loads(rejected)["reason"]
+
+
 def test_dropped_count_is_exact_when_the_spool_overflows(start_proxy: Start, db_url: str) -> None:
     """PostgreSQL away and the spool over its cap: every call is either recorded or
     counted in curation_dropped_total, never both."""

@@ -185,7 +185,7 @@ def _response(body: bytes, streamed: bool) -> tuple[dict[str, Any], str]:
     if streamed:
         response = stream.reassemble(body)
         if response is None:
-            raise Unrecordable("stream ended without [DONE] or carried an error")
+            raise Unrecordable("stream ended before every choice finished, or carried an error")
         response_text = _json_text(response)
     else:
         try:

@@ -3,7 +3,11 @@
 Handles content and refusal deltas, tool_call deltas merged by index, the
 legacy function_call, logprobs, finish_reason, several choices (n>1) and
 the usage chunk sent with ``stream_options.include_usage``. A stream with
-no ``[DONE]`` or with an error event is not a completion: ``None``. A chunk
+an error event is not a completion: ``None``; nor is one without ``[DONE]``
+unless every choice carries its finish_reason (the proxy spools a stream only
+at ``[DONE]`` or at a clean end of the upstream's body, and some
+OpenAI-compatible engines, ``transformers serve`` among them, never send
+``[DONE]``). A chunk
 that breaks the shape a merge relies on (an event that is not an object, a
 delta that is not one, an index that is not a small integer) raises
 ``Unrecordable``; odd optional fields are skipped.
@@ -56,7 +60,7 @@ def _event(data: bytes) -> dict[str, Any]:
 
 def reassemble(body: bytes) -> dict[str, Any] | None:
     chunks, done = events(body)
-    if not done or not chunks or any("error" in c for c in chunks):
+    if not chunks or any("error" in c for c in chunks):
         return None
     first = chunks[0]
     result: dict[str, Any] = {
@@ -77,6 +81,8 @@ def reassemble(body: bytes) -> dict[str, Any] | None:
             raise Unrecordable("stream chunk choices is not a JSON array")
         for delta_choice in delta_choices or []:
             _merge_choice(choices, expect_obj(delta_choice, "stream choice"))
+    if not done and (not choices or any(c["finish_reason"] is None for c in choices.values())):
+        return None
     result["choices"] = [_finish(choices[i]) for i in sorted(choices)]
     return result
 

@@ -280,10 +280,9 @@ class Proxy:
                         spooled = True
                 await response.write(chunk)
             if record and not spooled:
-                if end.finish():
-                    self._record(call, upstream, b"".join(chunks), streamed=True)
-                else:
-                    self.metrics.unrecorded.labels("upstream_cut").inc()
+                # A clean end of the body without [DONE] (some engines never send it):
+                # the recorder keeps it if every choice finished, else sets it aside.
+                self._record(call, upstream, b"".join(chunks), streamed=True)
             await response.write_eof()
         except CLIENT_GONE:
             upstream.close()
