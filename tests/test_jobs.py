@@ -351,3 +351,23 @@ def test_reading_an_openai_shaped_answer_is_total(answer: dict[str, object]) -> 
         assert job.trained_tokens is None or isinstance(job.trained_tokens, int)
     event = to_event(answer)
     assert isinstance(event.created_at, float) and "\n" not in event.message
+
+
+def test_hyperparameters_and_merge_reach_the_job(
+    db_url: str, conn: Conn, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """`-H KEY=VALUE` (JSON values) and `--merge` are stored on the job and checked at submit."""
+    curated(conn, 12)
+    env = {"CURATION_DATA_DIR": str(tmp_path / "data"), "OPENAI_API_KEY": ""}
+    base = ["finetune", "submit", "locations", "--backend", "local", "--model", str(tiny_model_dir)]
+    result = run(db_url, *base, "-H", "lora_r=8", "-H", "learning_rate=1e-4", "--merge", env=env)
+    assert result.exit_code == 0, result.output
+    [job] = query(db_url, "SELECT hyperparameters FROM fine_tune_job")
+    assert {"lora_r": 8, "learning_rate": 1e-4, "merge": True}.items() <= job[
+        "hyperparameters"
+    ].items()
+    for bad in ("lora_r", "lora_r=-1", "=3"):  # the export's summary may come first
+        refused = run(db_url, *base, "-H", bad, env=env)
+        errors = [line for line in refused.stderr.splitlines() if line.startswith("Error")]
+        assert refused.exit_code == 2 and len(errors) == 1, refused.output
+        assert "Traceback" not in refused.output and errors[0] == refused.stderr.splitlines()[-1]

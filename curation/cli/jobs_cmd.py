@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import asdict
 from datetime import datetime
@@ -14,7 +15,7 @@ from curation.cli.export_cmd import build_request, export_options, summary
 from curation.cli.output import emit, json_option
 from curation.db import jobs as db_jobs
 from curation.db import namespaces
-from curation.errors import NOTHING_NEW, UpstreamError
+from curation.errors import NOTHING_NEW, InvalidInput, UpstreamError
 from curation.export import models
 from curation.export.run import ExportRequest
 from curation.jobs import backends, finetune, retrain
@@ -50,6 +51,20 @@ def submit_options(func: Any) -> Any:
             ),
             click.option("--suffix", help="Suffix of the model name (default: the namespace)."),
             click.option("--seed", type=int, help="Seed for a reproducible job."),
+            click.option(
+                "--hyperparameter",
+                "-H",
+                "hyperparameters",
+                multiple=True,
+                metavar="KEY=VALUE",
+                help="A backend hyperparameter, repeatable (VALUE read as JSON when it parses: "
+                "-H learning_rate=1e-4 -H lora_r=8; local ones: README, Training locally).",
+            ),
+            click.option(
+                "--merge",
+                is_flag=True,
+                help="local: also write the base model with the adapter merged in.",
+            ),
             click.option("--wait", "wait_", is_flag=True, help="Follow the job until it ends."),
             click.option(
                 "--interval",
@@ -198,13 +213,35 @@ def prepare(
     options: dict[str, Any],
 ) -> tuple[ExportRequest, finetune.SubmitOptions]:
     """The export request and job options that `finetune submit` and `retrain` share."""
+    hyperparameters = parse_hyperparameters(options.pop("hyperparameters", ()))
+    if options.pop("merge", False):
+        hyperparameters["merge"] = True
     request = build_request(
         app, conn, namespace, Path("."), options, "dpo" if method == "dpo" else "chat"
     )
     opts = finetune.SubmitOptions(
-        namespace=namespace, method=method, epochs=options.get("epochs"), suffix=suffix, seed=seed
+        namespace=namespace,
+        method=method,
+        epochs=options.get("epochs"),
+        suffix=suffix,
+        seed=seed,
+        hyperparameters=hyperparameters,
     )
     return request, opts
+
+
+def parse_hyperparameters(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; a VALUE that parses as JSON is taken as that (numbers, booleans)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInput(f"--hyperparameter {pair!r}: write KEY=VALUE, e.g. lora_r=8")
+        try:
+            out[key.strip()] = json.loads(text)
+        except ValueError:
+            out[key.strip()] = text
+    return out
 
 
 @click.group("finetune")

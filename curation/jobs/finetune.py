@@ -10,8 +10,8 @@ ask that backend.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from curation.db import jobs
@@ -32,6 +32,7 @@ class SubmitOptions:
     epochs: int | None = None
     suffix: str | None = None
     seed: int | None = None
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict)  # passed to the backend
 
 
 def submit(
@@ -51,7 +52,7 @@ def submit(
         base_model=base_model,
         suffix=opts.suffix or opts.namespace,
         method=opts.method,
-        hyperparameters={"n_epochs": epochs, "seed": opts.seed},
+        hyperparameters={**opts.hyperparameters, "n_epochs": epochs, "seed": opts.seed},
         backend=backend.name,
     )
     job = upload(conn, backend, job, export)
@@ -63,6 +64,7 @@ def submit(
         epochs=epochs,
         suffix=opts.suffix or opts.namespace,
         seed=opts.seed,
+        hyperparameters=opts.hyperparameters,
         metadata={
             "namespace": opts.namespace,
             "dataset_sha256": export.sha256,
