@@ -220,6 +220,8 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "upstream_connect_timeout": (0.001, DAY),
     "upstream_read_timeout": (0.001, DAY),
     "upstream_max_connections": (1, 100_000),
+    "student_timeout": (0.01, DAY),
+    "recorder_stall_seconds": (0.1, DAY),
 }
 
 

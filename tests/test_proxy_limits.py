@@ -115,6 +115,8 @@ def assert_refused(result: subprocess.CompletedProcess[str], names: str) -> None
         ("--idle-timeout", "0"),
         ("--body-timeout", "inf"),
         ("--max-namespaces", "-1"),
+        ("--recorder-stall-seconds", "0"),
+        ("--student-timeout", "-2"),
     ],
 )
 def test_bad_limit_flags_exit_2(tmp_path: Path, flag: str, value: str) -> None:
@@ -135,6 +137,8 @@ def test_bad_limit_flags_exit_2(tmp_path: Path, flag: str, value: str) -> None:
         ("CURATION_IDLE_TIMEOUT", "0"),
         ("CURATION_BODY_TIMEOUT", "-3"),
         ("CURATION_MAX_NAMESPACES", "0"),
+        ("CURATION_RECORDER_STALL_SECONDS", "nan"),
+        ("CURATION_STUDENT_TIMEOUT", "1e9"),
     ],
 )
 def test_bad_limit_env_vars_refused(var: str, value: str) -> None:

@@ -113,8 +113,14 @@ def count(setting: str) -> Bounded:
 )
 @click.option(
     "--recorder-stall-seconds",
-    type=click.FloatRange(0, min_open=True),
+    type=seconds("recorder_stall_seconds"),
     help="Restart a recorder making no progress this long [env: CURATION_RECORDER_STALL_SECONDS; 60].",
+)
+@click.option(
+    "--student-timeout",
+    type=seconds("student_timeout"),
+    help="A served namespace's student must answer within this, else the teacher does "
+    "[env: CURATION_STUDENT_TIMEOUT; 30].",
 )
 @pass_app
 def proxy(
@@ -135,6 +141,7 @@ def proxy(
     read_timeout: float | None,
     max_connections: int | None,
     recorder_stall_seconds: float | None,
+    student_timeout: float | None,
 ) -> None:
     """Run the OpenAI-compatible proxy that records chat completions.
 
@@ -161,6 +168,7 @@ def proxy(
         upstream_read_timeout=read_timeout,
         upstream_max_connections=max_connections,
         recorder_stall_seconds=recorder_stall_seconds,
+        student_timeout=student_timeout,
     )
     serve(settings)
 
