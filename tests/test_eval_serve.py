@@ -394,3 +394,11 @@ def test_eval_retries_rate_limits(db_url: str, conn: Conn, fake_openai: FakeOpen
     [report] = json.loads(result.stdout)["models"]
     assert report["errors"] == 0 and report["agreement_pct"] == 50.0
     assert len(fake_openai.seen) == 4 + 2
+
+
+def test_savings_read_as_a_cut_or_a_rise() -> None:
+    """A student cheaper than the baseline shows -70%; a slower one +50%, never '--50%'."""
+    from curation.cli.eval_cmd import _printable
+
+    row = {"model": "s", "savings_vs_baseline": {"cost_pct": 70.0, "latency_p50_pct": -50.0}}
+    assert _printable(row)["savings"] == "cost -70% latency +50%"

@@ -172,10 +172,12 @@ def run_command(
 def _printable(m: dict[str, Any]) -> dict[str, Any]:
     savings = m.get("savings_vs_baseline") or {}
     parts = [
-        f"cost -{savings['cost_pct']}%" if savings.get("cost_pct") is not None else "",
-        f"latency -{savings['latency_p50_pct']}%"
-        if savings.get("latency_p50_pct") is not None
-        else "",
+        f"{what} {-pct:+g}%"  # a saving is a cut (-); a model dearer than the baseline is +
+        for what, pct in (
+            ("cost", savings.get("cost_pct")),
+            ("latency", savings.get("latency_p50_pct")),
+        )
+        if pct is not None
     ]
     rounded = {k: round(v, 2) if isinstance(v, float) else v for k, v in m.items()}
     return {**rounded, "savings": " ".join(p for p in parts if p)}
