@@ -16,7 +16,8 @@ import orjson
 from openai import OpenAI
 
 from curation.capture.row import Row
-from curation.proxy.spool import Position, Spool, SpoolReader
+from curation.proxy.spool import Position, Spool
+from curation.proxy.spool_reader import SpoolReader
 from curation.proxy.writer import Stats, Writer
 from tests.fake_openai import FakeOpenAI
 from tests.harness import ProxyProcess, Relay, query, wait_for

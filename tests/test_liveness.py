@@ -16,7 +16,8 @@ import pytest
 
 from curation.capture import row as capture_row
 from curation.proxy import recorder
-from curation.proxy.spool import Spool, SpoolReader, encode
+from curation.proxy.spool import Spool, encode
+from curation.proxy.spool_reader import SpoolReader
 from curation.proxy.writer import Stats, Writer
 from tests.harness import ProxyProcess, Relay, query, wait_for
 from tests.test_durability import call, http, metrics, recorded, recorder_of

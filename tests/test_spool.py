@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from curation.errors import Conflict
-from curation.proxy.spool import Position, Spool, SpoolReader, encode
+from curation.proxy.spool import Position, Spool, encode
+from curation.proxy.spool_reader import SpoolReader
 
 
 def frame(i: int, size: int = 10) -> bytes:

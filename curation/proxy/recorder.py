@@ -28,7 +28,8 @@ from typing import Any
 import orjson
 
 from curation import logs
-from curation.proxy.spool import Position, SpoolReader, bytes_after, segment_sizes
+from curation.proxy.spool import Position, bytes_after, segment_sizes
+from curation.proxy.spool_reader import SpoolReader
 from curation.proxy.writer import Stats, Writer
 
 log = logging.getLogger("curation.recorder")

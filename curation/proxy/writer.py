@@ -25,7 +25,8 @@ import psycopg
 from curation.capture import row as capture_row
 from curation.db import capture as db
 from curation.proxy.quarantine import Note, SetAside, Span
-from curation.proxy.spool import Frame, Position, SpoolReader
+from curation.proxy.spool import Frame, Position
+from curation.proxy.spool_reader import SpoolReader
 
 log = logging.getLogger("curation.writer")
 
