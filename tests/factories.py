@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import itertools
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+
+from curation.capture.row import Row
+from curation.db import capture
 
 _n = itertools.count(1)
 LONG_PROMPT = "You are the production locations extractor. " * 30
@@ -73,3 +77,33 @@ def add_row(
         ],
     ).fetchone()
     return int(row["id"] if isinstance(row, dict) else row[0])  # type: ignore[index]
+
+
+def captured(prompt: str, tags: dict[str, str], namespace: str = "locations") -> Row:
+    """A row as the recorder builds it from a capture, before it is written."""
+    return Row(
+        namespace=namespace,
+        user_prompt=prompt,
+        response=json.dumps({"choices": []}),
+        request="{}",
+        system_prompt=None,
+        model="m",
+        prompt_tokens=1,
+        completion_tokens=1,
+        latency_ms=1.0,
+        streamed=False,
+        upstream_request_id=None,
+        seen_at=datetime.now(UTC),
+        tags=json.dumps(tags),
+    )
+
+
+async def write_batches(db_url: str, batches: list[list[Row]]) -> None:
+    """Write each batch in its own transaction, through the recorder's own insert."""
+    conn = await capture.connect(db_url)
+    try:
+        for batch in batches:
+            async with conn.transaction():
+                await capture.insert_rows(conn, batch)
+    finally:
+        await conn.close()

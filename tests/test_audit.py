@@ -6,7 +6,6 @@ import asyncio
 import json
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -15,9 +14,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 
 from curation.capture.row import Row
-from curation.db import capture, migrate
+from curation.db import migrate
 from tests import pg
-from tests.factories import add_row
+from tests.factories import add_row, captured, write_batches
 from tests.harness import query
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -86,39 +85,14 @@ def test_claiming_to_be_the_proxy_does_not_skip_the_audit(
     ]
 
 
-def capture_row(prompt: str, tags: dict[str, str]) -> Row:
-    return Row(
-        namespace="locations",
-        user_prompt=prompt,
-        response=json.dumps({"choices": []}),
-        request="{}",
-        system_prompt=None,
-        model="m",
-        prompt_tokens=1,
-        completion_tokens=1,
-        latency_ms=1.0,
-        streamed=False,
-        upstream_request_id=None,
-        seen_at=datetime.now(UTC),
-        tags=json.dumps(tags),
-    )
-
-
 async def record(db_url: str, *rows: Row) -> None:
-    conn = await capture.connect(db_url)
-    try:
-        async with conn.transaction():
-            await capture.insert_rows(conn, rows)
-    finally:
-        await conn.close()
+    await write_batches(db_url, [list(rows)])
 
 
 def test_the_proxys_repeat_captures_merge_tags_without_audit(db_url: str, conn: Conn) -> None:
     conn.execute("SELECT curation_create_namespace('locations')")
-    asyncio.run(record(db_url, capture_row("Paris", {"team": "a"})))
-    asyncio.run(
-        record(db_url, capture_row("paris", {"src": "web"}), capture_row("PARIS", {"k": "v"}))
-    )
+    asyncio.run(record(db_url, captured("Paris", {"team": "a"})))
+    asyncio.run(record(db_url, captured("paris", {"src": "web"}), captured("PARIS", {"k": "v"})))
     [row] = conn.execute(f"SELECT id, tags, times_seen FROM {TABLE}").fetchall()
     assert row["tags"] == {"team": "a", "src": "web", "k": "v"} and row["times_seen"] == 3
     assert audit(db_url, row["id"]) == []
@@ -210,8 +184,8 @@ def test_a_proxy_login_needs_no_superuser_for_the_exemption(
 ) -> None:
     conn.execute("SELECT curation_create_namespace('locations')")
     url = as_user(db_url, owner_member)
-    asyncio.run(record(url, capture_row("Paris", {"team": "a"})))
-    asyncio.run(record(url, capture_row("Paris", {"src": "web"})))
+    asyncio.run(record(url, captured("Paris", {"team": "a"})))
+    asyncio.run(record(url, captured("Paris", {"src": "web"})))
     [row] = conn.execute(f"SELECT id, tags FROM {TABLE}").fetchall()
     assert row["tags"] == {"team": "a", "src": "web"} and audit(db_url, row["id"]) == []
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 
 from curation.capture import tags
-from curation.capture.row import Row
-from curation.db import capture
+from tests.factories import captured, write_batches
 from tests.harness import ProxyProcess, wait_for
 from tests.test_proxy import ask, client, rows
 
@@ -46,34 +44,6 @@ def test_metadata_of_any_shape_is_stringified_and_capped() -> None:
     assert got["n"] == "1" and len(got["deep"]) == tags.MAX_VALUE_LEN
 
 
-def row(prompt: str, tag_map: dict[str, str]) -> Row:
-    return Row(
-        namespace="locations",
-        user_prompt=prompt,
-        response=json.dumps({"choices": []}),
-        request="{}",
-        system_prompt=None,
-        model="m",
-        prompt_tokens=1,
-        completion_tokens=1,
-        latency_ms=1.0,
-        streamed=False,
-        upstream_request_id=None,
-        seen_at=datetime.now(UTC),
-        tags=json.dumps(tag_map),
-    )
-
-
-async def record(db_url: str, batches: list[list[Row]]) -> None:
-    conn = await capture.connect(db_url)
-    try:
-        for batch in batches:
-            async with conn.transaction():
-                await capture.insert_rows(conn, batch)
-    finally:
-        await conn.close()
-
-
 def stored(conn: Conn, prompt: str) -> dict[str, Any]:
     found = conn.execute(
         f"SELECT tags, times_seen FROM {TABLE} WHERE user_prompt = %s", [prompt]
@@ -85,7 +55,9 @@ def stored(conn: Conn, prompt: str) -> dict[str, Any]:
 def test_900_keys_over_repeats_keep_the_first_up_to_the_cap(db_url: str, conn: Conn) -> None:
     conn.execute("SELECT curation_create_namespace('locations')")
     # one repeat at a time: 900 captures, each bringing one new key
-    asyncio.run(record(db_url, [[row("Paris", {f"k{i:03}": str(i)})] for i in range(900)]))
+    asyncio.run(
+        write_batches(db_url, [[captured("Paris", {f"k{i:03}": str(i)})] for i in range(900)])
+    )
     got = stored(conn, "Paris")
     assert got["times_seen"] == 900
     assert got["tags"] == {f"k{i:03}": str(i) for i in range(tags.MAX_TAGS)}
@@ -94,8 +66,8 @@ def test_900_keys_over_repeats_keep_the_first_up_to_the_cap(db_url: str, conn: C
 def test_a_batch_of_repeats_keeps_the_earliest_keys(db_url: str, conn: Conn) -> None:
     conn.execute("SELECT curation_create_namespace('locations')")
     # keys named so that their order by name is the reverse of their arrival
-    batch = [row("Lyon", {f"k{899 - i:03}": "v"}) for i in range(900)]
-    asyncio.run(record(db_url, [batch]))
+    batch = [captured("Lyon", {f"k{899 - i:03}": "v"}) for i in range(900)]
+    asyncio.run(write_batches(db_url, [batch]))
     got = stored(conn, "Lyon")
     assert got["times_seen"] == 900
     assert set(got["tags"]) == {f"k{899 - i:03}" for i in range(tags.MAX_TAGS)}
@@ -104,13 +76,13 @@ def test_a_batch_of_repeats_keeps_the_earliest_keys(db_url: str, conn: Conn) -> 
 def test_a_full_row_updates_its_values_and_never_drops_a_key(db_url: str, conn: Conn) -> None:
     conn.execute("SELECT curation_create_namespace('locations')")
     first = {f"a{i}": "old" for i in range(tags.MAX_TAGS - 2)}
-    asyncio.run(record(db_url, [[row("Nice", first)]]))
+    asyncio.run(write_batches(db_url, [[captured("Nice", first)]]))
     # a curator's own tags may take the row past the cap; a repeat keeps them all
     conn.execute(
         f"UPDATE {TABLE} SET tags = tags || %s WHERE user_prompt = 'Nice'",
         [json.dumps({f"c{i}": "cur" for i in range(5)})],
     )
-    asyncio.run(record(db_url, [[row("Nice", {"a0": "new", "b0": "v", "b1": "v"})]]))
+    asyncio.run(write_batches(db_url, [[captured("Nice", {"a0": "new", "b0": "v", "b1": "v"})]]))
     got = stored(conn, "Nice")["tags"]
     assert len(got) == tags.MAX_TAGS + 3 and got["a0"] == "new"
     assert "b0" not in got and "b1" not in got
@@ -119,9 +91,17 @@ def test_a_full_row_updates_its_values_and_never_drops_a_key(db_url: str, conn: 
 
 def test_new_keys_fill_the_room_left(db_url: str, conn: Conn) -> None:
     conn.execute("SELECT curation_create_namespace('locations')")
-    asyncio.run(record(db_url, [[row("Metz", {f"a{i}": "v" for i in range(tags.MAX_TAGS - 3)})]]))
-    later = [row("Metz", {"z9": "v"}), row("metz", {"z1": "v", "z0": "v"}), row("METZ", {"y": "v"})]
-    asyncio.run(record(db_url, [later]))
+    asyncio.run(
+        write_batches(
+            db_url, [[captured("Metz", {f"a{i}": "v" for i in range(tags.MAX_TAGS - 3)})]]
+        )
+    )
+    later = [
+        captured("Metz", {"z9": "v"}),
+        captured("metz", {"z1": "v", "z0": "v"}),
+        captured("METZ", {"y": "v"}),
+    ]
+    asyncio.run(write_batches(db_url, [later]))
     got = stored(conn, "Metz")
     assert len(got["tags"]) == tags.MAX_TAGS and got["times_seen"] == 4
     assert {"z9", "z1", "z0"} <= set(got["tags"]) and "y" not in got["tags"]
