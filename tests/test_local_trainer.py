@@ -477,23 +477,30 @@ def test_dpo_job_runs_in_a_child_started_by_ensure_worker(
     assert len(losses) == 4
 
 
+def endless_job(
+    conn: Conn, backend: LocalBackend, model: Path, tmp_path: Path, *, save_steps: int
+) -> str:
+    """A job that trains until stopped, one event per step: for kill, stop and cancel tests."""
+    train = write_jsonl(
+        tmp_path / "train.jsonl", [chat_example(i, c) for i, c in enumerate(CITIES)]
+    )
+    return submit(
+        conn,
+        backend,
+        train,
+        base_model=str(model),
+        max_steps=100000,
+        logging_steps=1,
+        save_steps=save_steps,
+        batch_size=1,
+    )
+
+
 @pytest.mark.slow
 def test_sigkilled_worker_resumes_from_its_checkpoint_and_cancel_stops_it(
     db_url: str, conn: Conn, backend: LocalBackend, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    train = write_jsonl(
-        tmp_path / "train.jsonl", [chat_example(i, c) for i, c in enumerate(CITIES)]
-    )
-    ref = submit(
-        conn,
-        backend,
-        train,
-        base_model=str(tiny_model_dir),
-        max_steps=100000,
-        logging_steps=1,
-        save_steps=3,
-        batch_size=1,
-    )
+    ref = endless_job(conn, backend, tiny_model_dir, tmp_path, save_steps=3)
     job_id = ref.removeprefix("local-")
     first = start_worker(db_url, backend, "--once", "--job", job_id)
     try:
@@ -539,19 +546,7 @@ def test_sigkilled_worker_resumes_from_its_checkpoint_and_cancel_stops_it(
 def test_sigterm_checkpoints_and_hands_the_job_back(
     db_url: str, conn: Conn, backend: LocalBackend, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    train = write_jsonl(
-        tmp_path / "train.jsonl", [chat_example(i, c) for i, c in enumerate(CITIES)]
-    )
-    ref = submit(
-        conn,
-        backend,
-        train,
-        base_model=str(tiny_model_dir),
-        max_steps=100000,
-        logging_steps=1,
-        save_steps=1000,
-        batch_size=1,
-    )
+    ref = endless_job(conn, backend, tiny_model_dir, tmp_path, save_steps=1000)
     worker = start_worker(db_url, backend, "--once", "--job", ref.removeprefix("local-"))
     try:
         wait_for(lambda: any("train_loss" in e for e in event_data(backend, ref)), what="a step")
