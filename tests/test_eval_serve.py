@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 import psycopg
+import pytest
 from openai import OpenAI
 
 from tests.cli import run, spawn
@@ -402,3 +404,19 @@ def test_savings_read_as_a_cut_or_a_rise() -> None:
 
     row = {"model": "s", "savings_vs_baseline": {"cost_pct": 70.0, "latency_p50_pct": -50.0}}
     assert _printable(row)["savings"] == "cost -70% latency +50%"
+
+
+def test_a_compare_command_that_hangs_or_is_killed_fails_the_eval() -> None:
+    """Scoring such rows as mismatches would report 0% agreement as if the models were
+    wrong; a grandchild holding the pipes open must not hang the eval either."""
+    from curation.errors import InvalidInput
+    from curation.evaluate import compare
+
+    assert compare.command("grep -q '\"actual\": 1'")("1", "1") is True
+    assert compare.command("exit 1")("1", "2") is False
+    started = time.monotonic()
+    with pytest.raises(InvalidInput, match="ran past"):
+        compare.command("sh -c 'sleep 1000'", timeout=0.5)("1", "1")
+    assert time.monotonic() - started < 10
+    with pytest.raises(InvalidInput, match="signal 9"):
+        compare.command("kill -9 $$")("1", "1")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 from collections.abc import Callable
 from typing import Any
@@ -26,30 +28,46 @@ def as_json(expected: str, actual: str) -> bool:
 
 
 CANNOT_RUN = (126, 127)  # the shell's exit codes for "not executable" and "not found"
+COMMAND_TIMEOUT = 60.0  # seconds one comparison may take
 
 
-def command(cmd: str) -> Comparator:
+def command(cmd: str, timeout: float = COMMAND_TIMEOUT) -> Comparator:
     """A user command reads {"expected": ..., "actual": ...} on stdin; exit 0 means a match.
 
-    A command the shell cannot run fails the eval: scoring every row a mismatch
-    would report 0% agreement as if the models had answered wrong.
+    A command the shell cannot run, that runs past ``timeout`` or that a signal
+    kills fails the eval: scoring every row a mismatch would report 0% agreement
+    as if the models had answered wrong. It runs in its own process group, so a
+    timeout ends whatever it started too (a grandchild holding the pipes open
+    would otherwise hang the eval).
     """
 
     def compare(expected: str, actual: str) -> bool:
         payload = json.dumps({"expected": _maybe_json(expected), "actual": _maybe_json(actual)})
-        try:
-            done = subprocess.run(
-                cmd, shell=True, input=payload, text=True, capture_output=True, timeout=60
-            )
-        except subprocess.TimeoutExpired:
-            return False
-        if done.returncode in CANNOT_RUN:
-            said = done.stderr.strip().splitlines()
+        with subprocess.Popen(
+            cmd,
+            shell=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        ) as proc:
+            try:
+                _, stderr = proc.communicate(payload, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                raise InvalidInput(
+                    f"--compare {cmd!r} ran past {timeout:g}s on one row; make it faster"
+                ) from None
+        said = stderr.strip().splitlines()
+        if proc.returncode in CANNOT_RUN or proc.returncode < 0:
+            why = f"exit {proc.returncode}" if proc.returncode > 0 else f"signal {-proc.returncode}"
             raise InvalidInput(
-                f"--compare {cmd!r} cannot run (exit {done.returncode}"
-                f"{': ' + said[-1] if said else ''}); give exact, json, or a command on PATH"
+                f"--compare {cmd!r} cannot run ({why}{': ' + said[-1] if said else ''}); "
+                "give exact, json, or a command on PATH"
             )
-        return done.returncode == 0
+        return proc.returncode == 0
 
     return compare
 
