@@ -386,6 +386,13 @@ def test_captured_control_characters_are_shown_not_obeyed(db_url: str, conn: Con
         assert SHOWN in out and "red\\x1b[31m answer" in out
         assert "\x1b" not in out and "\x07" not in out
     assert run_json(db_url, "show", "locations", str(row))["user_prompt"] == TITLE_AND_CLEAR
+    c1 = add_row(conn, "locations", "del\x7f csi\x9b bidi\u202e", "ok", included=False)
+    raw = run(db_url, "show", "locations", str(c1), "--json").stdout  # exact data, inert text
+    assert not any(ch in raw for ch in "\x7f\x9b\u202e") and "\\u009b" in raw
+    assert (
+        run_json(db_url, "show", "locations", str(c1))["user_prompt"]
+        == "del\x7f csi\x9b bidi\u202e"
+    )
     child = review(db_url)  # on a real terminal: only click's own styling may reach it
     child.logfile_read = seen = io.StringIO()
     child.expect(r"\[q\]uit\? ")

@@ -28,7 +28,11 @@ def _default(value: Any) -> Any:
 
 
 def dumps(data: Any) -> str:
-    return json.dumps(data, indent=2, default=_default, ensure_ascii=False)
+    """JSON as readable UTF-8, but with the characters a terminal acts on (DEL, C1, bidi
+    overrides) as ``\\uXXXX`` escapes: the same data, safe to print (json.dumps already
+    escapes C0)."""
+    text = json.dumps(data, indent=2, default=_default, ensure_ascii=False)
+    return _CONTROL.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
 
 
 # C0 controls but newline and tab, DEL, C1 controls, and the bidi overrides that reorder text
