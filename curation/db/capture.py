@@ -22,8 +22,18 @@ AsyncConnection = psycopg.AsyncConnection[dict[str, Any]]
 
 
 async def connect(url: str) -> AsyncConnection:
+    """The recorder's connection. A wait on it is never a stall (recorder.py), so a peer
+    gone silent must end it: TCP keepalives and a 30 s limit on unacknowledged data."""
     conn = await psycopg.AsyncConnection.connect(
-        url, autocommit=True, row_factory=dict_row, connect_timeout=5
+        url,
+        autocommit=True,
+        row_factory=dict_row,
+        connect_timeout=5,
+        keepalives=1,
+        keepalives_idle=10,
+        keepalives_interval=5,
+        keepalives_count=3,
+        tcp_user_timeout=30_000,
     )
     await conn.execute(queries.get("create_staging"))
     return conn

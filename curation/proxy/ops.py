@@ -24,6 +24,11 @@ async def readyz(proxy: Proxy, request: web.Request) -> web.Response:
     reasons = []
     if not recorder.alive:
         reasons.append("the recorder is not running (it is restarted)")
+    elif recorder.stalled and recorder.in_database:
+        reasons.append(
+            f"the recorder made no progress for {recorder.stall_seconds:g}s with captures "
+            "waiting: it is waiting on PostgreSQL (a slow write or a lock)"
+        )
     elif recorder.stalled:
         reasons.append(
             f"the recorder made no progress for {recorder.stall_seconds:g}s with captures "

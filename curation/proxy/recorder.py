@@ -6,9 +6,15 @@ proxy but the spool directory: it reads the frames, publishes what it did in
 ``<spool>/recorder.json`` for the proxy's /metrics and /readyz, and exits
 when told (SIGTERM, after flushing) or when its parent is gone.
 
-Proxy side: ``Recorder`` starts it, restarts it if it dies or stalls (no
-progress for ``stall_seconds`` while captures wait and PostgreSQL is not
-known to be down), and stops it.
+Proxy side: ``Recorder`` starts it, restarts it if it dies or stalls, and
+stops it. Progress is a commit or a frame parsed. No progress for
+``stall_seconds`` while captures wait is reported (/readyz, /metrics, the
+log); the recorder is killed and restarted only when it is not waiting on
+PostgreSQL (a slow INSERT or a lock wait would only start over in a new
+recorder: an endless kill loop). So a kill happens only when one frame's
+parsing, or the recorder's loop itself, hangs; such a deliberate kill is not
+a death while parsing a batch (quarantine.after_stall_kill), so it never
+sets a good capture aside.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any
 import orjson
 
 from curation import logs
+from curation.proxy import quarantine
 from curation.proxy.spool import Position, bytes_after, segment_sizes
 from curation.proxy.spool_reader import SpoolReader
 from curation.proxy.writer import Stats, Writer
@@ -119,13 +126,14 @@ class Recorder:
         self.stall_seconds = stall_seconds
         self.restarts = 0
         self.stalled = False  # from a stall until the next progress
+        self.in_database = False  # stalled while waiting on PostgreSQL: not restarted
         self._proc: subprocess.Popen[bytes] | None = None
         self._status: dict[str, Any] = {}
         self._read_at = 0.0
         self._stopping = False
         self._committed: Position | None = None
-        # the committed position, and when it last moved
-        self._progress: tuple[Position | None, float] = (None, time.monotonic())
+        # the committed position and frames parsed, and when they last moved
+        self._progress: tuple[tuple[Position | None, object], float] = ((None, 0), 0.0)
 
     def start(self) -> None:
         env = {**os.environ, URL_ENV: self.url}
@@ -140,7 +148,7 @@ class Recorder:
             env=env,
             stdin=subprocess.DEVNULL,
         )
-        self._progress = (self.committed(), time.monotonic())
+        self._progress = ((self.committed(), None), time.monotonic())
 
     async def supervise(self) -> None:
         """Restart the recorder if it dies or stalls (the spool keeps what it had not written)."""
@@ -157,25 +165,41 @@ class Recorder:
                     self.stall_seconds,
                     self.backlog(),
                 )
-                self._restart()
+                self._restart(stalled=True)
 
     def _check_progress(self) -> bool:
-        """True when the recorder has stalled: captures wait, nothing moves, PostgreSQL is up."""
-        committed, now = self.committed(), time.monotonic()
-        waiting_for_database = self.fresh and not self.status().get("database_ok")
-        if committed != self._progress[0] or waiting_for_database or self.backlog() == 0:
-            self._progress = (committed, now)
-            self.stalled = False
+        """True when the recorder has stalled and a restart can help: captures wait,
+        nothing moves, PostgreSQL is up and the recorder is not waiting on it."""
+        status, now = self.status(), time.monotonic()
+        moved = (self.committed(), status.get("parsed"))
+        waiting_for_database = self.fresh and not status.get("database_ok")
+        if moved != self._progress[0] or waiting_for_database or self.backlog() == 0:
+            self._progress = (moved, now)
+            self.stalled = self.in_database = False
             return False
         if now - self._progress[1] < self.stall_seconds:
             return False
-        self.stalled = True
-        return True
+        since = status.get("in_database_since")
+        # set by the writer: inside a call to PostgreSQL (a stale status there is no hang of ours)
+        since = since if isinstance(since, float) and since > 0 else 0.0
+        in_database = since > 0
+        if in_database and not self.in_database:
+            log.error(
+                "recorder made no progress for %ss with %d spooled bytes waiting: it has been "
+                "waiting on PostgreSQL for %.0fs (a slow write or a lock); not restarted",
+                self.stall_seconds,
+                self.backlog(),
+                time.time() - since,
+            )
+        self.stalled, self.in_database = True, in_database
+        return not in_database
 
-    def _restart(self) -> None:
+    def _restart(self, stalled: bool = False) -> None:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()  # exactly once holds across kill -9: the spool is replayed
             self._proc.wait()
+        if stalled:  # our own kill: no strike against the frames it was parsing
+            quarantine.after_stall_kill(self.spool_dir, self.stall_seconds)
         self.restarts += 1
         self.start()
 

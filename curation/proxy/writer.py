@@ -7,6 +7,17 @@ for its data is retried row by row; rows it still refuses go to
 ``rejected.jsonl`` in the spool directory (kept, counted, logged). So does a
 frame that cannot become a row, whatever the reason: one capture never
 stops the ones after it (see also quarantine.py).
+
+The writer shows the supervisor (recorder.py) that it is alive but slow:
+``parsed`` counts the frames it has parsed, and ``in_database_since`` is set
+while it waits on PostgreSQL (connecting or writing a batch). A recorder
+waiting there is reported as not progressing but never killed: its
+replacement would only send the same batch again, so a slow but healthy
+database cannot cause an endless kill loop. Missing namespaces are created in
+a short transaction of their own before the batch's (creating one takes
+locks that would otherwise block every other proxy's writer for the whole
+batch); the batch itself still moves the checkpoint in its own transaction,
+so rows stay exactly once.
 """
 
 from __future__ import annotations
@@ -14,8 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +36,7 @@ import psycopg
 
 from curation.capture import row as capture_row
 from curation.db import capture as db
-from curation.proxy.quarantine import Note, SetAside, Span
+from curation.proxy.quarantine import REJECTED, Note, SetAside, Span
 from curation.proxy.spool import Frame, Position
 from curation.proxy.spool_reader import SpoolReader
 
@@ -50,6 +62,8 @@ class Stats:
     unrecordable: int = 0
     torn: int = 0
     committed: tuple[int, int] = (0, 0)
+    parsed: int = 0  # frames parsed by this process: progress short of a commit
+    in_database_since: float = 0.0  # waiting on PostgreSQL since (wall clock); 0: not
 
 
 class Writer:
@@ -144,9 +158,10 @@ class Writer:
 
     async def _connect(self) -> bool:
         try:
-            conn = await db.connect(self.url)
-            checkpoint = await db.checkpoint(conn, self.spool.id)
-            self.known_namespaces = await db.namespaces(conn)
+            with self._in_database():
+                conn = await db.connect(self.url)
+                checkpoint = await db.checkpoint(conn, self.spool.id)
+                self.known_namespaces = await db.namespaces(conn)
         except ConnectionErrors as exc:
             self._down(exc)
             await self._sleep()
@@ -170,7 +185,11 @@ class Writer:
             self.note.write(Span(frames[0].position, frames[-1].end))
         rows = []
         for i, frame in enumerate(frames):
-            built = self._build_alone(frame) if careful else self._build_one(frame)
+            if frame.position in self.set_aside.positions:
+                built = None  # set aside before a restart: never parsed again
+            else:
+                built = self._build_alone(frame) if careful else self._build_one(frame)
+            self.stats.parsed += 1
             if built is not None:
                 rows.append(built)
             if i % SLICE == SLICE - 1:
@@ -186,7 +205,7 @@ class Writer:
         if suspect.frame == frame.position:
             self._unrecordable(frame, "the recorder died twice while parsing it; not parsed again")
             return None
-        self.note.write(Span(suspect.start, suspect.end, frame.position))
+        self.note.write(Span(suspect.start, suspect.end, frame.position, time.time()))
         return self._build_one(frame)
 
     def _build_one(self, frame: Frame) -> capture_row.Row | None:
@@ -209,18 +228,19 @@ class Writer:
                 await self._connect()
                 continue
             try:
-                if self._fresh_connection:  # a commit whose ack was lost shows here
-                    checkpoint = await db.checkpoint(conn, self.spool.id)
-                    self._fresh_connection = False
-                    if checkpoint and Position(*checkpoint) >= end:
-                        return True
-                try:
-                    await self._write(conn, rows, end)
-                    written = len(rows)
-                except Exception:  # psycopg refused, or could not send, a value of some row
-                    if conn.broken or conn.closed:
-                        raise
-                    written = await self._write_one_by_one(conn, rows, end)
+                with self._in_database():
+                    if self._fresh_connection:  # a commit whose ack was lost shows here
+                        checkpoint = await db.checkpoint(conn, self.spool.id)
+                        self._fresh_connection = False
+                        if checkpoint and Position(*checkpoint) >= end:
+                            return True
+                    try:
+                        await self._write(conn, rows, end)
+                        written = len(rows)
+                    except Exception:  # psycopg refused, or could not send, a value of a row
+                        if conn.broken or conn.closed:
+                            raise
+                        written = await self._write_one_by_one(conn, rows, end)
                 self.stats.rows_written += written
                 self._up()
                 return True
@@ -235,8 +255,8 @@ class Writer:
     async def _write(
         self, conn: db.AsyncConnection, rows: Sequence[capture_row.Row], end: Position
     ) -> None:
+        await self._ensure_namespaces(conn, rows)  # committed on its own: short locks
         async with conn.transaction():
-            await self._ensure_namespaces(conn, rows)
             if rows:
                 await db.insert_rows(conn, rows)
             await db.set_checkpoint(conn, self.spool.id, end.segment, end.offset, len(rows))
@@ -272,7 +292,18 @@ class Writer:
     ) -> None:
         missing = {r.namespace for r in rows} - (self.known_namespaces or set())
         if missing:
-            await db.create_namespaces(conn, missing)
+            async with conn.transaction():
+                await db.create_namespaces(conn, missing)
+            self.known_namespaces = (self.known_namespaces or set()) | missing
+
+    @contextlib.contextmanager
+    def _in_database(self) -> Iterator[None]:
+        """Mark a wait on PostgreSQL: the supervisor does not take it for a stall."""
+        self.stats.in_database_since = time.time()
+        try:
+            yield
+        finally:
+            self.stats.in_database_since = 0.0
 
     # -- state -----------------------------------------------------------
 
@@ -304,15 +335,7 @@ class Writer:
         """Keep a frame that cannot be a row aside: counted, logged once (never its body)."""
         if frame.position in self.set_aside.positions:
             return  # set aside before a restart: already kept, counted and logged
-        self.stats.unrecordable += 1
-        namespace = frame.meta.get("ns")
-        shown = namespace[:60] if isinstance(namespace, str) else "?"
-        log.error(
-            "capture of namespace %s not recorded: %s (kept in rejected.jsonl)",
-            shown,
-            reason,
-            extra={"namespace": shown, "reason": reason},
-        )
+        self.set_aside.pending(frame.position)
         self._append_rejected(
             {
                 "at": time.time(),
@@ -325,15 +348,26 @@ class Writer:
             }
         )
         self.set_aside.add(frame.position)
+        self.stats.unrecordable += 1  # one entry, one count, one log line
+        namespace = frame.meta.get("ns")
+        shown = namespace[:60] if isinstance(namespace, str) else "?"
+        log.error(
+            "capture of namespace %s not recorded: %s (kept in rejected.jsonl)",
+            shown,
+            reason,
+            extra={"namespace": shown, "reason": reason},
+        )
+        self.on_commit()  # published now: a kill before the commit keeps the count
 
     def _reject_row(self, r: capture_row.Row, reason: str) -> None:
         log.error("PostgreSQL refused a capture of namespace %s: %s", r.namespace, reason)
         self._append_rejected({"at": time.time(), "reason": reason, "row": r.__dict__})
 
     def _append_rejected(self, entry: dict[str, object]) -> None:
-        path: Path = self.spool.directory / "rejected.jsonl"
-        try:
-            with open(path, "ab") as f:
+        path: Path = self.spool.directory / REJECTED
+        try:  # full bodies: readable by the owner only, like the spool segments
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with open(fd, "ab") as f:
                 f.write(orjson.dumps(entry, default=str) + b"\n")
         except OSError as exc:  # counted and logged all the same; the writer goes on
             log.error("could not keep a capture in %s: %s", path, exc)
