@@ -46,6 +46,7 @@ class Settings:
     body_timeout: float = 60.0
     idle_timeout: float = 75.0
     max_namespaces: int = 100
+    max_client_connections: int = 4096
     upstream_connect_timeout: float = 10.0
     upstream_read_timeout: float = 600.0
     upstream_max_connections: int = 256
@@ -99,6 +100,7 @@ ENV: dict[str, tuple[str, Any]] = {
     "CURATION_BODY_TIMEOUT": ("body_timeout", "seconds"),
     "CURATION_IDLE_TIMEOUT": ("idle_timeout", "seconds"),
     "CURATION_MAX_NAMESPACES": ("max_namespaces", "count"),
+    "CURATION_MAX_CLIENT_CONNECTIONS": ("max_client_connections", "count"),
     "CURATION_UPSTREAM_CONNECT_TIMEOUT": ("upstream_connect_timeout", "seconds"),
     "CURATION_UPSTREAM_READ_TIMEOUT": ("upstream_read_timeout", "seconds"),
     "CURATION_UPSTREAM_MAX_CONNECTIONS": ("upstream_max_connections", "count"),
@@ -217,11 +219,12 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "body_timeout": (0.1, DAY),
     "idle_timeout": (0.1, DAY),
     "max_namespaces": (1, 100_000),
+    "max_client_connections": (1, 1_000_000),
     "upstream_connect_timeout": (0.001, DAY),
     "upstream_read_timeout": (0.001, DAY),
     "upstream_max_connections": (1, 100_000),
     "student_timeout": (0.01, DAY),
-    "recorder_stall_seconds": (0.1, DAY),
+    "recorder_stall_seconds": (1.0, DAY),
 }
 
 

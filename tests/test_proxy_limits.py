@@ -115,6 +115,7 @@ def assert_refused(result: subprocess.CompletedProcess[str], names: str) -> None
         ("--idle-timeout", "0"),
         ("--body-timeout", "inf"),
         ("--max-namespaces", "-1"),
+        ("--max-client-connections", "0"),
         ("--recorder-stall-seconds", "0"),
         ("--student-timeout", "-2"),
     ],
@@ -137,6 +138,8 @@ def test_bad_limit_flags_exit_2(tmp_path: Path, flag: str, value: str) -> None:
         ("CURATION_IDLE_TIMEOUT", "0"),
         ("CURATION_BODY_TIMEOUT", "-3"),
         ("CURATION_MAX_NAMESPACES", "0"),
+        ("CURATION_MAX_CLIENT_CONNECTIONS", "-1"),
+        ("CURATION_MAX_CLIENT_CONNECTIONS", "2000000"),
         ("CURATION_RECORDER_STALL_SECONDS", "nan"),
         ("CURATION_STUDENT_TIMEOUT", "1e9"),
     ],
@@ -362,7 +365,10 @@ def test_own_answers_counted_in_requests_total(start_proxy: Start, db_url: str) 
     text = metrics(proxy)
     for status in (400, 401, 404, 413):
         assert requests_counted(proxy, status) == 1, (status, text)
-    assert 'curation_requests_total{kind="chat",namespace="locations",status="401"} 1.0' in text
+    # not authenticated: not labelled with the namespace it named
+    assert 'curation_requests_total{kind="chat",namespace="",status="401"} 1.0' in text
+    # admitted (created on use): labelled
+    assert 'curation_requests_total{kind="chat",namespace="locations",status="413"} 1.0' in text
 
 
 # -- section 7: dot segments never reach the upstream ------------------------
@@ -412,6 +418,10 @@ def test_dots_in_a_query_or_inside_a_segment_forwarded(
         ("/v1/%2e%2E/x", False),
         ("/v1/a%2Fb", False),
         ("/v1/a%5cb", False),
+        ("/v1/models/", True),
+        ("/v1//models", False),
+        ("//v1/models", False),
+        ("/ns/ok//v1/models?x=//", False),
     ],
 )
 def test_check_path(path: str, allowed: bool) -> None:
@@ -541,3 +551,157 @@ def test_namespaces_created_on_use_are_capped(
     assert [r["user_prompt"] for r in rows(db_url, "third_openai_chat_completion")] == [
         "created by hand"
     ]
+
+
+# -- review: gzip request bodies, label cardinality, connections, empty segments
+
+
+def post_raw(path: bytes, body: bytes, *headers: bytes) -> bytes:
+    return (
+        b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode() + b"\r\n"
+        b"Content-Type: application/json\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n"
+        + b"".join(h + b"\r\n" for h in headers)
+        + b"Connection: close\r\n\r\n"
+        + body
+    )
+
+
+def test_gzip_request_body_forwarded_and_recorded(
+    start_proxy: Start, db_url: str, fake_openai: FakeOpenAI
+) -> None:
+    import gzip
+
+    proxy = start_proxy()
+    wait_for(lambda: "curation_database_up 1.0" in metrics(proxy))
+    body = json.dumps({"model": "gpt-4o-mini", "messages": ask("zipped")}).encode()
+    response = exchange(
+        proxy.port,
+        post_raw(b"/ns/gz/v1/chat/completions", gzip.compress(body), b"Content-Encoding: gzip"),
+    )
+    assert parse(response)[0] == 200, response[:400]
+    seen = fake_openai.seen[-1]
+    assert json.loads(seen.body) == json.loads(body)
+    assert "content-encoding" not in {k.lower() for k in seen.headers}
+    assert [r["user_prompt"] for r in rows(db_url, "gz_openai_chat_completion")] == ["zipped"]
+
+
+def test_bad_gzip_and_gzip_bomb_refused(start_proxy: Start, fake_openai: FakeOpenAI) -> None:
+    import gzip
+
+    proxy = start_proxy(CURATION_MAX_BODY_BYTES="100000")
+    error = openai_error(
+        exchange(
+            proxy.port,
+            post_raw(b"/ns/gz/v1/chat/completions", b"not gzip at all", b"Content-Encoding: gzip"),
+        ),
+        400,
+    )
+    assert "gzip" in error["message"] or "Content-Encoding" in error["message"]
+    bomb = gzip.compress(b" " * 5_000_000)  # ~5 KB that inflates to 5 MB
+    error = openai_error(
+        exchange(
+            proxy.port, post_raw(b"/ns/gz/v1/chat/completions", bomb, b"Content-Encoding: gzip")
+        ),
+        413,
+    )
+    assert error["code"] == "request_too_large"
+    assert fake_openai.seen == []
+    assert "Traceback" not in proxy.log() and "Unhandled" not in proxy.log()
+    assert proxy.healthy()
+
+
+def namespace_labels(proxy: ProxyProcess) -> set[str]:
+    return {
+        line.split('namespace="', 1)[1].split('"', 1)[0]
+        for line in metrics(proxy).splitlines()
+        if 'namespace="' in line and not line.startswith("#")
+    }
+
+
+def test_refused_namespaces_add_no_metric_series(
+    start_proxy: Start, fake_openai: FakeOpenAI
+) -> None:
+    proxy = start_proxy(CURATION_MAX_NAMESPACES="1")
+    wait_for(lambda: "curation_database_up 1.0" in metrics(proxy))
+    client(proxy, prefix="/ns/kept").chat.completions.create(model="gpt-4o-mini", messages=ask("x"))
+    body = b'{"model":"gpt-4o-mini","messages":[]}'
+    for i in range(30):
+        response = exchange(
+            proxy.port, post_raw(f"/ns/refused{i}/v1/chat/completions".encode(), body)
+        )
+        assert parse(response)[0] == 404
+    assert namespace_labels(proxy) <= {"", "kept"}
+
+
+def test_unauthenticated_calls_not_labelled_with_their_namespace(
+    start_proxy: Start, fake_openai: FakeOpenAI
+) -> None:
+    proxy = start_proxy(CURATION_PROXY_KEYS="sk-proxy-good", OPENAI_API_KEY=KEY)
+    for i in range(5):
+        response = exchange(
+            proxy.port, post_raw(f"/ns/stranger{i}/v1/chat/completions".encode(), b"{}")
+        )
+        assert parse(response)[0] == 401
+    assert namespace_labels(proxy) <= {""}
+
+
+def test_connection_closed_by_client_is_released(start_proxy: Start) -> None:
+    proxy = start_proxy(CURATION_IDLE_TIMEOUT="60", CURATION_MAX_CLIENT_CONNECTIONS="20")
+    for _ in range(3):  # over the cap twice over if closed connections were held
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+                s.sendall(b"P")
+        time.sleep(0.3)
+        assert wait_for(proxy.healthy, timeout=3)
+    assert "curation_client_connections_refused_total 0.0" in metrics(proxy)
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")  # half a head
+        s.shutdown(socket.SHUT_WR)
+        started = time.monotonic()
+        assert s.recv(100) == b""  # closed at once, not after the 60 s idle timeout
+        assert time.monotonic() - started < 2
+
+
+def test_client_connections_capped(start_proxy: Start) -> None:
+    proxy = start_proxy(CURATION_IDLE_TIMEOUT="60", CURATION_MAX_CLIENT_CONNECTIONS="20")
+    held = [socket.create_connection(("127.0.0.1", proxy.port), timeout=5) for _ in range(50)]
+    try:
+        time.sleep(0.5)
+        refused = []
+        for s in held:
+            s.settimeout(0.1)
+            with contextlib.suppress(TimeoutError):
+                refused.append(s.recv(65536))  # the first 20 are held: nothing to read
+        assert len(refused) == 30
+        assert openai_error(refused[0], 503)["code"] == "too_many_connections"
+        assert "curation_client_connections_refused_total 30.0" in metrics_after_release(
+            proxy, held
+        )
+    finally:
+        for s in held:
+            s.close()
+    assert proxy.log().count("client connection cap") == 1
+
+
+def metrics_after_release(proxy: ProxyProcess, held: list[socket.socket]) -> str:
+    for s in held:
+        s.close()
+    wait_for(proxy.healthy, timeout=5)
+    return metrics(proxy)
+
+
+def test_half_close_after_a_whole_request_still_answered(start_proxy: Start) -> None:
+    proxy = start_proxy()
+    response = exchange(proxy.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", shut=True)
+    assert response.startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.parametrize(
+    "path", [b"/ns/ok/v1//chat/completions", b"/v1//chat/completions", b"//v1/chat/completions"]
+)
+def test_empty_segments_refused(start_proxy: Start, fake_openai: FakeOpenAI, path: bytes) -> None:
+    proxy = start_proxy()
+    assert openai_error(exchange(proxy.port, post_raw(path, b"{}")), 400)["code"] == "invalid_path"
+    assert fake_openai.seen == []

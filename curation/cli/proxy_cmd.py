@@ -87,6 +87,12 @@ def count(setting: str) -> Bounded:
     "[env: CURATION_MAX_NAMESPACES; 100].",
 )
 @click.option(
+    "--max-client-connections",
+    type=count("max_client_connections"),
+    help="Close new client connections at once (with a 503) over this many open "
+    "[env: CURATION_MAX_CLIENT_CONNECTIONS; 4096].",
+)
+@click.option(
     "--access-log/--no-access-log",
     default=None,
     help="Log every request [env: CURATION_ACCESS_LOG; off].",
@@ -135,6 +141,7 @@ def proxy(
     body_timeout: float | None,
     idle_timeout: float | None,
     max_namespaces: int | None,
+    max_client_connections: int | None,
     access_log: bool | None,
     spool_fsync: bool | None,
     connect_timeout: float | None,
@@ -162,6 +169,7 @@ def proxy(
         body_timeout=body_timeout,
         idle_timeout=idle_timeout,
         max_namespaces=max_namespaces,
+        max_client_connections=max_client_connections,
         access_log=access_log,
         spool_fsync=spool_fsync,
         upstream_connect_timeout=connect_timeout,

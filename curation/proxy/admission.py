@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
 
 from curation.config import Settings
 from curation.proxy import routing
@@ -69,8 +70,12 @@ class NamespaceCap:
     limit: int
     created: set[str] = field(default_factory=set)  # what this proxy let create
 
+    def exists(self, ns: str, known: set[str] | None) -> bool:
+        """In PostgreSQL or created on use here: only these become metric label values."""
+        return (known is not None and ns in known) or ns in self.created
+
     def admit(self, ns: str, known: set[str] | None) -> None:
-        if (known is not None and ns in known) or ns in self.created:
+        if self.exists(ns, known):
             return
         if not self.create:
             if known is not None:  # None: PostgreSQL not read yet, nothing to check against
@@ -111,7 +116,16 @@ async def read_body(request: web.Request, settings: Settings) -> bytes:
                 if size > limit:
                     raise too_big
                 chunks.append(chunk)
-    except web.RequestPayloadError:
+    except web.RequestPayloadError as exc:
+        if isinstance(exc.__cause__, ContentEncodingError):
+            encoding = request.headers.get("Content-Encoding", "")
+            raise Refusal(
+                400,
+                f"The request body is not valid {encoding[:20]} data (Content-Encoding: "
+                f"{encoding[:20]}); send it compressed as labelled, or uncompressed without "
+                "Content-Encoding.",
+                "invalid_content_encoding",
+            ) from None
         raise Refusal(
             400,
             "The request body could not be read: malformed chunked encoding or cut short.",

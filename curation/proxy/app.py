@@ -51,6 +51,7 @@ class Call:
     rewritten: bool = False
     fallback_from: str | None = None  # the student that failed: the teacher answered
     head: bytes = b""  # the student's first chunk, read before the client got a byte
+    label: str = ""  # its namespace label in metrics: "" until the namespace is admitted
 
 
 @dataclass
@@ -202,6 +203,8 @@ class Proxy:
         admission.check_key(request.headers, self.settings.proxy_keys)
         if route.record and route.namespace:
             self._namespaces.admit(route.namespace, self.serving.namespaces)
+        if route.namespace and self._namespaces.exists(route.namespace, self.serving.namespaces):
+            call.label = route.namespace  # metric labels: only namespaces that exist
         call.body = await admission.read_body(request, self.settings)
         call.record = route.record and self._should_record(request, route.namespace)
 
@@ -315,7 +318,7 @@ class Proxy:
         if t_headers is not None:
             self.metrics.added_latency.observe(max(0.0, call.t_up - call.t0 + after))
             self.metrics.upstream_latency.labels(call.kind).observe(time.perf_counter() - call.t_up)
-        self.metrics.requests.labels(call.route.namespace or "", call.kind, str(status)).inc()
+        self.metrics.requests.labels(call.label, call.kind, str(status)).inc()
         if self.settings.access_log:
             access.info(
                 "request",

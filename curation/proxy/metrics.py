@@ -59,6 +59,11 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.refused_connections = Counter(
+            "curation_client_connections_refused",
+            "Client connections closed at once: over CURATION_MAX_CLIENT_CONNECTIONS.",
+            registry=r,
+        )
         self.served = Counter(
             "curation_served",
             "Chat completions of served namespaces, by who answered (fine_tuned or original).",

@@ -9,14 +9,19 @@ counted, and is logged as one line naming the error class, never its bytes; a
 logging filter drops the bytes from any other record that carries a parser
 error. A connection without a whole request head for ``idle_timeout`` seconds
 (a new one, an idle keep-alive one, or one sending its head a byte at a time)
-is closed.
+is closed, and so at once is one whose client closed its sending side with no
+whole request to answer. Over ``max_client_connections`` open connections, a new
+one gets a 503 and is closed (counted; logged at most once a minute).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
 
 import orjson
 from aiohttp import web
@@ -32,12 +37,82 @@ MAX_URL_BYTES = 16 * 1024  # the request line
 MAX_HEADER_BYTES = 8190  # one header's name or value (aiohttp's default)
 MAX_HEADERS = 128
 LINGER_SECONDS = 5.0  # after an early answer (413, 408), read and drop the rest this long
+CAP_LOG_SECONDS = 60.0  # the connection cap is logged at most this often
+
+
+@dataclass
+class Gate:
+    """Open client connections, against their cap."""
+
+    limit: int
+    metrics: Metrics
+    open: int = 0
+    refused: int = 0
+    logged_at: float = float("-inf")
+
+    def enter(self) -> bool:
+        """Count one more connection; False (counted, maybe logged) when over the cap."""
+        if self.open >= self.limit:
+            self.refused += 1
+            self.metrics.refused_connections.inc()
+            now = time.monotonic()
+            if now - self.logged_at >= CAP_LOG_SECONDS:
+                self.logged_at = now
+                log.warning(
+                    "client connection cap reached: %d open (CURATION_MAX_CLIENT_CONNECTIONS); "
+                    "new connections get a 503 (%d so far)",
+                    self.limit,
+                    self.refused,
+                )
+            return False
+        self.open += 1
+        return True
+
+
+OVER_CAP = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
+)
 
 
 class Connection(web.RequestHandler):
     """One client connection; requests the parser refuses are answered in OpenAI's shape."""
 
     metrics: Metrics
+    gate: Gate
+    admitted: bool = False
+    answered: int = 0  # requests answered (their handler done)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.admitted = self.gate.enter()
+        if not self.admitted:
+            body = orjson.dumps(
+                routing.error_body(
+                    "The curation proxy has too many open client connections; retry shortly.",
+                    "too_many_connections",
+                    "api_error",
+                )
+            )
+            writer = cast(asyncio.Transport, transport)  # uvloop's is no asyncio subclass
+            writer.write(OVER_CAP % (len(body), body))
+            writer.close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self.admitted:
+            self.admitted = False
+            self.gate.open -= 1
+        super().connection_lost(exc)
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """A body that failed to read after the proxy answered (aiohttp reads the rest
+        of it to keep the connection): one line, never the traceback or the bytes."""
+        exc = kw.get("exc_info")
+        if isinstance(exc, web.RequestPayloadError):
+            cause = type(exc.__cause__ or exc).__name__
+            log.info("refused a request whose body could not be read: %s", cause)
+            return
+        super().log_exception(*args, **kw)
 
     def handle_error(
         self,
@@ -65,9 +140,20 @@ class Connection(web.RequestHandler):
         response.force_close()
         return response
 
+    async def _handle_request(self, *args: Any, **kw: Any) -> Any:
+        try:
+            return await super()._handle_request(*args, **kw)
+        finally:
+            self.answered += 1
+
     def eof_received(self) -> bool:  # type: ignore[override]  # asyncio's: bool | None
-        """The client closed its sending side (as ``nc`` does): still answer what it sent."""
-        return True
+        """The client closed its sending side. With a whole request not yet answered
+        (as ``nc`` sends one), answer it, then close; else close now: nothing more can
+        arrive to answer (a connection closed after a partial request held its file)."""
+        if self._request_count > self.answered:  # aiohttp's count of requests parsed
+            self._close = True
+            return True
+        return False
 
 
 def refusal(exc: HttpProcessingError) -> tuple[int, str, str]:
@@ -100,6 +186,7 @@ def header_limit_message() -> str:
 def factory(server: web.Server, settings: Settings, metrics: Metrics) -> Callable[[], Connection]:
     """The protocol factory for ``loop.create_server``: one ``Connection`` per client."""
     loop = asyncio.get_running_loop()
+    gate = Gate(settings.max_client_connections, metrics)
 
     def make() -> Connection:
         connection = Connection(
@@ -113,6 +200,7 @@ def factory(server: web.Server, settings: Settings, metrics: Metrics) -> Callabl
             lingering_time=LINGER_SECONDS,
         )
         connection.metrics = metrics
+        connection.gate = gate
         return connection
 
     return make

@@ -29,6 +29,8 @@ HOP_BY_HOP = frozenset(
 )
 CURATION_HEADERS = frozenset({"x-curation-namespace", "x-curation-tags", "x-curation-log"})
 DECODABLE = ("gzip", "deflate", "identity")
+# request bodies aiohttp's server decompresses: they go upstream decoded, without the label
+DECODED_REQUEST_ENCODINGS = frozenset({"gzip", "deflate", "br", "zstd"})
 
 
 @dataclass(frozen=True)
@@ -72,23 +74,27 @@ def route(method: str, path: str, header_namespace: str | None, default_namespac
 
 
 def check_path(raw_path: str) -> None:
-    """Refuse a path with dot segments (``..``, ``%2e%2e``, ``.``) or an encoded slash:
+    """Refuse a path with dot segments (``..``, ``%2e%2e``, ``.``), empty ones (``//``) or
+    an encoded slash:
     the upstream would resolve them to a path other than the one routed here
     (``/ns/ok/v1/../../v1/chat/completions`` is an unrecorded chat completion)."""
     path = raw_path.partition("?")[0]
-    for segment in path.split("/"):
+    segments = path.split("/")
+    for i, segment in enumerate(segments):
         decoded = unquote(segment)
-        if decoded in (".", "..") or "/" in decoded or "\\" in decoded:
+        inner_empty = not segment and 0 < i < len(segments) - 1  # ``//``; a trailing ``/`` is fine
+        if inner_empty or decoded in (".", "..") or "/" in decoded or "\\" in decoded:
             raise RouteError(
                 400,
                 f"path segment {segment[:40]!r} is not allowed: "
-                "no '.' or '..' segments and no encoded slashes",
+                "no empty, '.' or '..' segments and no encoded slashes",
                 "invalid_path",
             )
 
 
 def upstream_headers(headers: Mapping[str, str], upstream_key: str | None) -> CIMultiDict[str]:
     """The client's headers as they go upstream: hop-by-hop and X-Curation-* out,
+    the Content-Encoding of a body the proxy decoded out (it goes upstream decoded),
     encodings narrowed to what the recorder decodes, and in proxy-keys mode the
     proxy's own upstream key in place of the client's."""
     out: CIMultiDict[str] = CIMultiDict()
@@ -96,6 +102,8 @@ def upstream_headers(headers: Mapping[str, str], upstream_key: str | None) -> CI
         low = key.lower()
         if low in HOP_BY_HOP or low in CURATION_HEADERS:
             continue
+        if low == "content-encoding" and value.lower() in DECODED_REQUEST_ENCODINGS:
+            continue  # the proxy read the body decoded and forwards it so
         out.add(key, accept_encoding(value) if low == "accept-encoding" else value)
     if "accept-encoding" not in out:
         out["Accept-Encoding"] = "identity"
