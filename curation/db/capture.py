@@ -23,7 +23,12 @@ AsyncConnection = psycopg.AsyncConnection[dict[str, Any]]
 
 async def connect(url: str) -> AsyncConnection:
     """The recorder's connection. A wait on it is never a stall (recorder.py), so a peer
-    gone silent must end it: TCP keepalives and a 30 s limit on unacknowledged data."""
+    gone silent must end it: TCP keepalives and a 30 s limit on unacknowledged data.
+
+    The server ends a session of ours left idle in a transaction (a recorder cut off
+    mid-batch by a network fault): its locks on the checkpoint and the rows would
+    otherwise block the next recorder until the server's own keepalive, hours later.
+    The writer never idles inside a transaction, so 30 s is far from its pace."""
     conn = await psycopg.AsyncConnection.connect(
         url,
         autocommit=True,
@@ -35,6 +40,7 @@ async def connect(url: str) -> AsyncConnection:
         keepalives_count=3,
         tcp_user_timeout=30_000,
     )
+    await conn.execute(queries.get("session_limits"))
     await conn.execute(queries.get("create_staging"))
     return conn
 

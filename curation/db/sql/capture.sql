@@ -1,3 +1,8 @@
+-- name: session_limits
+-- The recorder's session: a transaction of ours left idle (its client cut off
+-- mid-batch) is ended by the server, releasing its locks.
+SET idle_in_transaction_session_timeout = '30s'
+
 -- name: create_staging
 CREATE TEMP TABLE IF NOT EXISTS capture_staging (
     ord integer NOT NULL,
