@@ -19,13 +19,12 @@ Run alone: ``python -m tests.fake_openai --port 9000 [--delay 0.02]``.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from tests.background import BackgroundApp
 from tests.fake_openai.chat import ChatAPI, Seen
 from tests.fake_openai.tuning import TuningAPI
 
@@ -74,28 +73,14 @@ class Running:
     def __init__(self, fake: FakeOpenAI | None = None) -> None:
         self.fake = fake or FakeOpenAI()
         self.url = ""
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
+        self._server = BackgroundApp(self.fake.app)
 
     def __enter__(self) -> Running:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        self.url = self._server.start()
         return self
 
-    async def _start(self) -> None:
-        self._runner = web.AppRunner(self.fake.app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
-
     def __exit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
+        self._server.stop()
 
 
 def main() -> None:

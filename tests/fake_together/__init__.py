@@ -27,13 +27,12 @@ Run alone: ``python -m tests.fake_together --port 9100``.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from tests.background import BackgroundApp
 from tests.fake_together.common import error
 from tests.fake_together.files import FilesAPI
 from tests.fake_together.fine_tunes import FineTunesAPI
@@ -84,27 +83,14 @@ class Running:
 
     def __init__(self, fake: FakeTogether | None = None) -> None:
         self.fake = fake or FakeTogether()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
+        self._server = BackgroundApp(self.fake.app)
 
     def __enter__(self) -> FakeTogether:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        self.fake.url = self._server.start()
         return self.fake
 
-    async def _start(self) -> None:
-        self._runner = web.AppRunner(self.fake.app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.fake.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-
     def __exit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
+        self._server.stop()
 
 
 def main() -> None:
