@@ -1,0 +1,32 @@
+"""The Responses API recorded beside chat completions (issue 13).
+
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-11-22
+"""
+
+from __future__ import annotations
+
+from alembic import op
+
+revision = "0007"
+down_revision = "0006"
+branch_labels = None
+depends_on = None
+
+# Placeholder: filled in by the change that needs it.
+UPGRADE = r"""
+SELECT 1;
+"""
+
+DOWNGRADE = r"""
+SELECT 1;
+"""
+
+
+def upgrade() -> None:
+    op.execute(UPGRADE)
+
+
+def downgrade() -> None:
+    op.execute(DOWNGRADE)
