@@ -7,7 +7,7 @@ ifneq ($(wildcard $(SHARED_TT)),)
 export TIKTOKEN_CACHE_DIR ?= $(SHARED_TT)
 endif
 
-.PHONY: install run test lint bench bench-proxy bench-export bench-train clean
+.PHONY: install run test coverage lint bench bench-proxy bench-export bench-curate bench-train clean
 
 install: $(VENV)/.installed
 
@@ -25,18 +25,40 @@ run: install
 test: install
 	$(BIN)/pytest -n 2 --maxfail=20
 
+## Statement coverage of the capture path (proxy/, capture/, export/validate.py), with the
+## proxy and recorder subprocesses measured too ([tool.coverage.run] in pyproject.toml).
+## TESTS picks test files (default: the whole suite), e.g.
+##   make coverage TESTS="tests/test_proxy.py tests/test_durability.py"
+COVERAGE_FILE    ?= $(abspath $(VENV))/.coverage
+COVERAGE_INCLUDE := curation/proxy/*,curation/capture/*,curation/export/validate.py
+coverage: install
+	rm -f $(COVERAGE_FILE) $(COVERAGE_FILE).*
+	export COVERAGE_FILE=$(COVERAGE_FILE); \
+	$(BIN)/coverage run -m pytest -n 2 $(TESTS); status=$$?; \
+	$(BIN)/coverage combine -q && \
+	$(BIN)/coverage report --include='$(COVERAGE_INCLUDE)' && \
+	for part in 'curation/proxy/*' 'curation/capture/*' curation/export/validate.py; do \
+		printf '%-32s %s%%\n' "$$part" "$$($(BIN)/coverage report --include="$$part" --format=total)"; \
+	done; \
+	exit $$status
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: bench-proxy bench-export
+bench: bench-proxy bench-export bench-curate
 
 bench-proxy: install
 	$(BIN)/python bench/proxy.py
 
 bench-export: install
 	$(BIN)/python bench/export.py
+
+## Curator queries at 1,000,000 rows beside the database's floor, and the CLI's start-up
+## (BENCH_ROWS=200000 or `bench/curate.py --rows N` for a smaller run; ~10 min at 1M here).
+bench-curate: install
+	$(BIN)/python bench/curate.py
 
 ## The local LoRA trainer on this machine (needs the train extra; see bench/train.py for a GPU run).
 bench-train: install

@@ -16,18 +16,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-import platformdirs
-
 from curation.errors import InvalidInput
 
 MiB = 1024 * 1024
 
 
 def default_data_dir() -> Path:
+    import platformdirs  # tempfile, shutil, bz2, lzma: not for `curation --help`
+
     return Path(platformdirs.user_data_dir("curation", appauthor=False))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     database_url: str | None = None
     data_dir: Path = field(default_factory=default_data_dir)

@@ -3,6 +3,7 @@
     CurationError                 a user-facing failure: one line, an exit code
      +-- InvalidInput             bad name, bad flag value, bad file (exit 2)
      |    +-- TooFewExamples      a dataset OpenAI would refuse (exit 11)
+     |    +-- RowRefused          PostgreSQL refused a captured row's data (the writer sets it aside)
      +-- NotFound                 unknown namespace, row or job (exit 3)
      +-- DatabaseUnavailable      cannot connect (exit 4)
      +-- SchemaOutdated           migrations pending (exit 5)
@@ -34,6 +35,10 @@ class InvalidInput(CurationError):
 
 class NotFound(CurationError):
     exit_code = 3
+
+
+class RowRefused(InvalidInput):
+    pass
 
 
 class DatabaseUnavailable(CurationError):

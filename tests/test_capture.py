@@ -201,15 +201,15 @@ def capture(
     request: object, response: bytes, streamed: bool = False, encoding: str | None = None
 ) -> row.Capture:
     return row.Capture(
-        "ns",
-        1700000000.0,
-        12.5,
-        streamed,
-        encoding,
-        "req_1",
-        "k=v",
-        orjson.dumps(request),
-        response,
+        namespace="ns",
+        started_at=1700000000.0,
+        latency_ms=12.5,
+        streamed=streamed,
+        content_encoding=encoding,
+        request_id="req_1",
+        tags_header="k=v",
+        request=orjson.dumps(request),
+        response=response,
     )
 
 
@@ -259,7 +259,17 @@ def test_unrecordable(request_: object, response: bytes, reason: str) -> None:
 
 def test_request_nul_escape_is_made_safe_for_jsonb() -> None:
     raw = b'{"messages": [{"role": "user", "content": "a\\u0000b"}]}'
-    c = row.Capture("ns", 1.0, 1.0, False, None, None, None, raw, b'{"choices": []}')
+    c = row.Capture(
+        namespace="ns",
+        started_at=1.0,
+        latency_ms=1.0,
+        streamed=False,
+        content_encoding=None,
+        request_id=None,
+        tags_header=None,
+        request=raw,
+        response=b'{"choices": []}',
+    )
     built = row.build(c)
     assert "\\u0000" not in built.request and "\\ufffd" in built.request
     assert built.user_prompt == "a\ufffdb"

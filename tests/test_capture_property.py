@@ -120,7 +120,17 @@ def captures(draw: st.DrawFn) -> row.Capture:
     try:
         return row.Capture.from_meta(meta, request, body)
     except row.Unrecordable:
-        return row.Capture("ns", 1.0, 1.0, streamed, encoding, None, None, request, body)
+        return row.Capture(
+            namespace="ns",
+            started_at=1.0,
+            latency_ms=1.0,
+            streamed=streamed,
+            content_encoding=encoding,
+            request_id=None,
+            tags_header=None,
+            request=request,
+            response=body,
+        )
 
 
 def assert_postgres_takes(built: row.Row) -> None:

@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from psycopg import conninfo
 
 from curation.cli import main
-from curation.cli.curate_cmd import EDIT_ATTEMPTS
+from curation.cli.review_cmd import EDIT_ATTEMPTS
 from tests.factories import add_row
 from tests.fake_openai import FakeOpenAI
 from tests.pg import ROOT
@@ -79,17 +79,26 @@ CASES = [
     case("--database-url", f"host=127.0.0.1 port=1 password={SECRET}", "ns", "list", login="none"),
     case("ns", "show", "nosuchns"),
     case("ns", "set", "p"),
+    case("ns", "suggest-prompt", "nosuchns"),
+    case("ns", "suggest-prompt", "p"),  # no base model and none recorded: say --model
+    case("ns", "suggest-prompt", "p", "--model", "{a_file}"),
     case("proxy", "--max-body-bytes", "lots", spawn=True),
     case("--log-level", "BOGUS", "proxy", spawn=True),
+    case("proxy", "--workers", "0", spawn=True),
     case("list", "nosuchns"),
     case("list", "p", login="unprivileged"),
     case("list", "p", "--limit", BIG),
+    case("list", "p", "--feedback", "sideways"),
+    case("list", "nosuchns", "--feedback", "negative"),
+    case("list", "p", "--feedback", "any", login="unprivileged"),
     case("show", "p", BIG),
     case("show", "p", "abc"),
     case("include", "p", BIG),
     case("exclude", "p", "-5"),
     case("reset", "p"),
     case("edit", "p", "{row}", notices=EDIT_ATTEMPTS - 1),
+    case("edit", "p", "{row}", env={"EDITOR": "nosuch-editor-4f1c"}),
+    case("edit", "p", "{row}", env={"EDITOR": "false"}),
     case("review", "p"),
     case("history", "p", "0"),
     case("stats", "nosuchns"),
@@ -116,6 +125,8 @@ CASES = [
     case("retrain", "nosuchns"),
     case("finetune", "submit", "p", "--model", MODEL, "--backend", "nope"),
     case("retrain", "p", "--model", MODEL, "--backend", "nope"),
+    case("retrain", "p", "--model", MODEL),  # no training prompt: refused
+    case("retrain", "p", "--model", MODEL, "--no-system-prompt"),  # one row: too few
     case("eval", "p", "--model", "x", "--rows", BIG),
     case("eval", "p", "--model", "x", "--rows", "a,b"),
     case("eval", "p", "--model", "x", "--rows", "all-included", "--compare", "/nonexistent/cmd"),
@@ -129,6 +140,9 @@ CASES = [
     case("train-worker", "--poll", "0"),
     case("train-worker", "--once", "--job", BIG),
     case("train-worker", "--once", "--job", "0"),
+    case("doctor", login="unprivileged"),
+    case("doctor", "--spool-dir", "{a_file}"),
+    case("doctor", "--json", "--spool-dir", "{read_only}"),
 ]
 
 

@@ -136,19 +136,19 @@ def test_rows_postgres_refuses_are_kept_aside(db_url: str, tmp_path: Path) -> No
 
     def row(prompt: str, response: str) -> Row:
         return Row(
-            "dur",
-            prompt,
-            response,
-            json.dumps({"messages": []}),
-            None,
-            "m",
-            1,
-            1,
-            1.0,
-            False,
-            None,
-            datetime.now(UTC),
-            "{}",
+            namespace="dur",
+            user_prompt=prompt,
+            response=response,
+            request=json.dumps({"messages": []}),
+            system_prompt=None,
+            model="m",
+            prompt_tokens=1,
+            completion_tokens=1,
+            latency_ms=1.0,
+            streamed=False,
+            upstream_request_id=None,
+            seen_at=datetime.now(UTC),
+            tags="{}",
         )
 
     async def scenario() -> Stats:

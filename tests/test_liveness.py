@@ -95,7 +95,15 @@ def test_queue_depth_is_exact_across_recorder_restarts(start_proxy: Start, db_ur
 def spooled_capture(text: str) -> capture_row.Capture:
     request = json.dumps({"model": "m", "messages": [{"role": "user", "content": text}]})
     return capture_row.Capture(
-        "dur", 1.0, 1.0, False, None, None, None, request.encode(), b'{"choices": []}'
+        namespace="dur",
+        started_at=1.0,
+        latency_ms=1.0,
+        streamed=False,
+        content_encoding=None,
+        request_id=None,
+        tags_header=None,
+        request=request.encode(),
+        response=b'{"choices": []}',
     )
 
 
@@ -174,7 +182,17 @@ def test_a_replayed_batch_sets_nothing_aside_twice(db_url: str, tmp_path: Path) 
     relay = Relay(db_url)
     relay.up()
     spool = spooled(tmp_path, [])
-    poison = capture_row.Capture("dur", 1.0, 1.0, True, None, None, None, b'{"messages": []}', b"")
+    poison = capture_row.Capture(
+        namespace="dur",
+        started_at=1.0,
+        latency_ms=1.0,
+        streamed=True,
+        content_encoding=None,
+        request_id=None,
+        tags_header=None,
+        request=b'{"messages": []}',
+        response=b"",
+    )
     good = spooled_capture("good")
 
     async def first_life() -> Stats:

@@ -570,6 +570,7 @@ def test_retrain_with_the_local_backend_trains_in_a_child_and_records_the_adapte
 ) -> None:
     for i in range(14):
         add_row(conn, "locations", f"I was born in town {i}", f'["town {i}"]')
+    conn.execute("UPDATE namespace SET training_system_prompt = 'List the places.'")
     env = {**ONE_THREAD, "CURATION_DATA_DIR": str(tmp_path / "data")}
     result = run(
         db_url,

@@ -523,7 +523,11 @@ def test_start_failures_are_one_line(
     assert "Traceback" not in taken.stderr
 
 
-def test_pool_limit_bounds_the_wait(start_proxy: Start, db_url: str) -> None:
+def test_pool_limit_bounds_the_wait(
+    start_proxy: Start, db_url: str, fake_openai: FakeOpenAI
+) -> None:
+    """With the one pooled connection busy, a call waits at most the connect timeout
+    for it, then gets an OpenAI-shaped 504, never reaching the upstream."""
     import threading
 
     proxy = start_proxy(
@@ -533,16 +537,16 @@ def test_pool_limit_bounds_the_wait(start_proxy: Start, db_url: str) -> None:
         target=lambda: client(proxy).chat.completions.create(
             model="gpt-4o-mini",
             messages=ask("holds the only connection"),
-            extra_headers={"X-Fake-Delay": "3"},
+            extra_headers={"X-Fake-Delay": "8"},
         )
     )
     slow.start()
-    import time
-
-    time.sleep(0.5)
-    started = time.monotonic()
+    # the upstream has the slow call: the only pooled connection is taken for 8 s
+    wait_for(lambda: any(b"holds the only connection" in s.body for s in fake_openai.seen))
     with pytest.raises(openai.APIStatusError) as info:
         client(proxy).chat.completions.create(model="gpt-4o-mini", messages=ask("waits for it"))
-    assert info.value.status_code == 504 and time.monotonic() - started < 2.5
-    slow.join(10)
+    assert info.value.status_code == 504
+    assert info.value.code == "upstream_timeout"
+    assert not any(b"waits for it" in s.body for s in fake_openai.seen)
+    slow.join(20)
     assert [r["user_prompt"] for r in rows(db_url)] == ["holds the only connection"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import subprocess
+import uuid
+from collections.abc import Callable
 
 import psycopg
 import pytest
@@ -144,9 +146,8 @@ def test_migrations_up_down_up_with_data(empty_db_url: str) -> None:
 
 def test_stepwise_migrations_round_trip(empty_db_url: str) -> None:
     """Each revision's downgrade undoes it: walk up one, down one, up again."""
-    revisions = [s.revision for s in reversed(list(migrate._script().walk_revisions()))]
     previous = "base"
-    for rev in revisions:
+    for rev in migrate.revisions():
         assert migrate.upgrade(empty_db_url, rev) == rev
         assert (migrate.downgrade(empty_db_url, previous) or "base") == previous
         assert migrate.upgrade(empty_db_url, rev) == rev
@@ -178,21 +179,146 @@ def test_psql_snippet_creates_a_namespace(db_url: str) -> None:
     assert found.training_system_prompt == "Find locations."
 
 
-def test_triggers_work_after_each_downgrade(empty_db_url: str) -> None:
-    """A downgrade must leave working triggers: update a row after each step down."""
-    revisions = [s.revision for s in migrate._script().walk_revisions()]  # newest first
+Conn = psycopg.Connection[dict[str, object]]
+TABLE = "locations_openai_chat_completion"
+
+
+def new_row(c: Conn, prompt: str) -> int:
+    row = c.execute(
+        f"INSERT INTO {TABLE} (namespace, user_prompt, response) VALUES ('locations', %s, '{{}}')"
+        " RETURNING id",
+        [prompt],
+    ).fetchone()
+    assert row is not None
+    return int(str(row["id"]))
+
+
+def one(c: Conn, sql: str, params: list[object]) -> dict[str, object]:
+    row = c.execute(sql, params).fetchone()
+    assert row is not None
+    return row
+
+
+def audited(c: Conn, row: int, column: str) -> list[dict[str, object]]:
+    return c.execute(
+        "SELECT * FROM curation_audit WHERE row_id = %s AND column_name = %s ORDER BY id",
+        [row, column],
+    ).fetchall()
+
+
+def bump_version_fires(c: Conn, level: str) -> None:
+    row = new_row(c, f"{level} version")
+    c.execute(
+        f'UPDATE {TABLE} SET corrected_response = \'{{"content": "y"}}\' WHERE id = %s', [row]
+    )
+    assert one(c, f"SELECT version FROM {TABLE} WHERE id = %s", [row])["version"] == 2
+
+
+def review_is_stamped_and_audited(c: Conn, level: str) -> None:
+    row, gone = new_row(c, f"{level} review"), new_row(c, f"{level} deleted")
+    c.execute("SET curation.curator = 'ana'")
+    c.execute(f"UPDATE {TABLE} SET included = now() WHERE id = %s", [row])
+    stamped = one(c, f"SELECT reviewed_by, reviewed_at FROM {TABLE} WHERE id = %s", [row])
+    assert stamped["reviewed_by"] == "ana" and stamped["reviewed_at"] is not None
+    [entry] = audited(c, row, "included")
+    assert entry["changed_by"] == "ana" and entry["old_value"] is None
+    c.execute(f"DELETE FROM {TABLE} WHERE id = %s", [gone])
+    [deleted] = audited(c, gone, "row")
+    assert deleted["old_value"] == f"{level} deleted" and deleted["changed_by"] == "ana"
+    c.execute("RESET curation.curator")
+
+
+def proposals_are_audited(c: Conn, level: str) -> None:
+    row = new_row(c, f"{level} proposal")
+    c.execute(f'UPDATE {TABLE} SET proposed_response = \'{{"content": "p"}}\' WHERE id = %s', [row])
+    [entry] = audited(c, row, "proposed_response")
+    assert entry["new_value"] == '{"content": "p"}'
+
+
+def audit_is_tamper_proof(c: Conn, level: str) -> None:
+    row = new_row(c, f"{level} integrity")
+    login = one(c, "SELECT session_user AS u", [])["u"]
+    c.execute(f"UPDATE {TABLE} SET note = 'n', reviewed_by = 'mallory' WHERE id = %s", [row])
+    assert [e["login"] for e in audited(c, row, "note")] == [login]
+    c.execute(f"UPDATE {TABLE} SET reviewed_by = 'mallory' WHERE id = %s", [row])
+    assert one(c, f"SELECT reviewed_by FROM {TABLE} WHERE id = %s", [row])["reviewed_by"] == login
+    for table in (TABLE, "openai_chat_completion"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="TRUNCATE"):
+            c.execute(f"TRUNCATE {table}")
+
+
+def rows_are_counted(c: Conn, level: str) -> None:
+    row, gone = new_row(c, f"{level} counted"), new_row(c, f"{level} uncounted")
+    c.execute(f"UPDATE {TABLE} SET included = now(), times_seen = 3 WHERE id = %s", [row])
+    c.execute(f"DELETE FROM {TABLE} WHERE id = %s", [gone])
+    counted = one(
+        c,
+        "SELECT sum(distinct_prompts) AS n, sum(calls) AS calls, sum(included) AS included"
+        " FROM curation_counts WHERE namespace = 'locations'",
+        [],
+    )
+    truth = one(
+        c,
+        "SELECT count(*) AS n, sum(times_seen) AS calls,"
+        f" count(*) FILTER (WHERE included IS NOT NULL AND excluded IS NULL) AS included FROM {TABLE}",
+        [],
+    )
+    assert counted == truth
+
+
+def deleted_rows_forget_their_calls(c: Conn, level: str) -> None:
+    row, kept = new_row(c, f"{level} forgotten"), new_row(c, f"{level} kept")
+    for call, target in ((uuid.uuid4(), row), (uuid.uuid4(), kept)):
+        c.execute(
+            "INSERT INTO recorded_call (id, namespace, row_id) VALUES (%s, 'locations', %s)",
+            [call, target],
+        )
+        c.execute(
+            "INSERT INTO feedback (call_id, namespace, row_id, score) VALUES (%s, 'locations', %s, 1)",
+            [call, target],
+        )
+    c.execute(f"DELETE FROM {TABLE} WHERE id = %s", [row])
+    left = c.execute("SELECT r.row_id FROM recorded_call r JOIN feedback f ON f.call_id = r.id")
+    assert [r["row_id"] for r in left] == [kept]
+
+
+# What each revision defines on the completions table (and so on every partition), and
+# a check that it fires. A revision that adds a trigger there needs a row here.
+TRIGGERS: dict[str, tuple[set[str], Callable[[Conn, str], None] | None]] = {
+    "0001": ({"bump_version"}, bump_version_fires),
+    "0002": ({"stamp_review", "audit_change", "audit_delete"}, review_is_stamped_and_audited),
+    "0003": (set(), proposals_are_audited),  # audit_change replaced: proposals audited too
+    "0004": ({"refuse_truncate"}, audit_is_tamper_proof),
+    "0006": ({"count_inserts", "count_updates", "count_deletes"}, rows_are_counted),
+    "0008": ({"forget_calls"}, deleted_rows_forget_their_calls),
+}
+
+
+def trigger_names(c: Conn, table: str) -> set[str]:
+    found = c.execute(
+        "SELECT tgname FROM pg_trigger WHERE tgrelid = %s::regclass AND NOT tgisinternal", [table]
+    )
+    return {str(r["tgname"]) for r in found}
+
+
+def test_triggers_fire_after_each_downgrade(empty_db_url: str) -> None:
+    """At head and after each step down, the completions table and its partitions have
+    exactly the triggers of the revisions still applied, and each of them fires."""
+    revisions = migrate.revisions()
     migrate.upgrade(empty_db_url)
     make_namespace(empty_db_url)
-    with psycopg.connect(empty_db_url, autocommit=True) as c:
-        c.execute(
-            "INSERT INTO locations_openai_chat_completion (namespace, user_prompt, response) VALUES ('locations', 'x', '{}')"
-        )
-    for target in revisions[1:]:
-        migrate.downgrade(empty_db_url, target)
-        with psycopg.connect(empty_db_url, autocommit=True) as c:
-            c.execute(
-                "UPDATE locations_openai_chat_completion SET included = now(), note = %s", [target]
-            )
+    for level in reversed(revisions):
+        if level != revisions[-1]:
+            assert migrate.downgrade(empty_db_url, level) == level
+        applied = revisions[: revisions.index(level) + 1]
+        expected = set().union(*(TRIGGERS.get(rev, (set(), None))[0] for rev in applied))
+        with psycopg.connect(empty_db_url, autocommit=True, row_factory=dict_row) as c:
+            assert trigger_names(c, "openai_chat_completion") == expected, level
+            assert trigger_names(c, TABLE) == expected, level
+            for rev in applied:
+                fires = TRIGGERS.get(rev, (set(), None))[1]
+                if fires is not None:
+                    fires(c, level)
 
 
 def test_partitions_made_before_a_revision_get_its_comments_and_grants(empty_db_url: str) -> None:

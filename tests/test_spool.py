@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import resource
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -61,7 +63,7 @@ def test_torn_last_frame_is_skipped(tmp_path: Path) -> None:
     s = opened(tmp_path)
     s.append(frame(0))
     s.append(frame(1))
-    segment = s.path(s._active)
+    segment = s.path(max(s.on_disk()))  # the newest segment: the one appended to
     s.close()
     with open(segment, "r+b") as f:  # kill -9 in the middle of a write
         f.truncate(os.path.getsize(segment) - 5)
@@ -162,7 +164,7 @@ def test_a_failed_write_leaves_no_partial_frame(tmp_path: Path) -> None:
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, ignored)
-    assert s.path(s._active).stat().st_size == len(frame(0))
+    assert s.path(max(s.on_disk())).stat().st_size == len(frame(0))
     assert [f.meta["i"] for f in r.read(10, 1 << 20)] == [0]
 
 
@@ -179,3 +181,133 @@ def test_frames_after_a_position_also_across_a_restart(tmp_path: Path) -> None:
     assert again.frames_after(r.read_position) == 4
     r.read(100, 1 << 20)
     assert again.frames_after(r.read_position) == 0
+
+
+def test_the_cap_never_counts_frames_the_reader_already_took(tmp_path: Path) -> None:
+    """Frames the reader took are written from its memory (or already committed):
+    a segment the cap drops after that loses nothing, and counts nothing."""
+    dropped: list[int] = []
+    s = opened(tmp_path, max_bytes=1000, segment_bytes=200)
+    s.on_drop = dropped.append
+    r = reader(tmp_path)
+    for i in range(8):  # four full segments, under the cap
+        s.append(frame(i, 40))
+    assert len(r.read(100, 1 << 20)) == 8
+    oldest = min(s.on_disk())
+    for i in range(8, 12):
+        s.append(frame(i, 40))
+    assert oldest not in s.on_disk()  # the cap dropped segments ...
+    assert dropped == []  # ... of frames already taken: none lost
+    assert [f.meta["i"] for f in r.read(100, 1 << 20)] == [8, 9, 10, 11]
+
+
+def test_a_segment_being_read_is_dropped_on_the_next_append(tmp_path: Path) -> None:
+    """The appender never deletes a segment under a reader's lock: it waits for the
+    next append, then drops and counts it once."""
+    dropped: list[int] = []
+    s = opened(tmp_path, max_bytes=1000, segment_bytes=200)
+    s.on_drop = dropped.append
+    for i in range(9):
+        s.append(frame(i, 40))
+    oldest = min(s.on_disk())
+    with open(s.path(oldest), "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_SH)  # a reader inside it this instant
+        s.append(frame(9, 40))  # over the cap
+        assert oldest in s.on_disk() and dropped == []
+    s.append(frame(10, 40))
+    assert oldest not in s.on_disk() and dropped == [2]  # its two frames, never read
+    assert s.total_bytes <= 1000
+
+
+class RacedReader(SpoolReader):
+    """A reader whose listing of segments goes stale at once: ``race`` (the appender
+    dropping segments over its cap) runs between the listing and the reads, as it
+    may at any instant in production."""
+
+    race: Callable[[], None] | None = None
+
+    def on_disk(self) -> dict[int, int]:
+        found = super().on_disk()
+        race, self.race = self.race, None
+        if race is not None:
+            race()
+        return found
+
+
+@pytest.mark.parametrize("held_open", [True, False], ids=["open-segment", "listed-segment"])
+def test_the_reader_skips_a_segment_dropped_under_it(tmp_path: Path, held_open: bool) -> None:
+    """Dropped while the reader had it open (unlinked: st_nlink 0) or only listed
+    (gone from the directory): skipped, never read. Every frame is read or counted
+    as dropped, exactly once."""
+    dropped: list[int] = []
+    s = opened(tmp_path, max_bytes=1000, segment_bytes=200)
+    s.on_drop = dropped.append
+    r = RacedReader(tmp_path)
+    r.open(wait=1)
+    for i in range(4):  # segments 1 and 2, two frames each
+        s.append(frame(i, 40))
+    got = r.read(1, 1 << 20) if held_open else []  # frame 0; segment 1 stays open
+    first = min(s.on_disk())
+
+    def overflow() -> None:
+        for i in range(4, 10):
+            s.append(frame(i, 40))
+        assert first not in s.on_disk()
+
+    r.race = overflow
+    got += r.read(100, 1 << 20)
+    got += r.read(100, 1 << 20)
+    never_read = [1] if held_open else [0, 1]  # what segment 1 held past the reader
+    assert [f.meta["i"] for f in got] == [i for i in range(10) if i not in never_read]
+    assert dropped == [len(never_read)]  # so read + dropped = appended
+
+
+def test_a_cap_smaller_than_a_segment_closes_the_segment_and_drops_it(tmp_path: Path) -> None:
+    """Everything over the cap is in the segment being appended to: a new one is
+    started, and the full one dropped and counted like any other."""
+    dropped: list[int] = []
+    s = opened(tmp_path, max_bytes=1000, segment_bytes=1 << 20)
+    s.on_drop = dropped.append
+    r = reader(tmp_path)  # it has taken nothing yet
+    for i in range(9):
+        s.append(frame(i, 40))
+    first = max(s.on_disk())
+    s.append(frame(9, 40))  # ten frames of 101 bytes, all in one segment: over the cap
+    assert first not in s.on_disk() and dropped == [10]
+    assert s.total_bytes == 0
+    s.append(frame(10, 40))
+    assert [f.meta["i"] for f in r.read(100, 1 << 20)] == [10]
+
+
+class RacedSpool(Spool):
+    """An appender that learns of the reader's deletions a moment late: ``race`` runs
+    right after it looks (the reader releasing segments it committed)."""
+
+    race: Callable[[], None] | None = None
+
+    def rescan(self) -> None:
+        super().rescan()
+        race, self.race = self.race, None
+        if race is not None:
+            race()
+
+
+def test_a_segment_the_reader_released_meanwhile_is_not_counted(tmp_path: Path) -> None:
+    dropped: list[int] = []
+    s = RacedSpool(tmp_path, max_bytes=1000, segment_bytes=200)
+    s.open()
+    s.on_drop = dropped.append
+    r = reader(tmp_path)
+    for i in range(9):
+        s.append(frame(i, 40))
+    assert len(r.read(3, 1 << 20)) == 3  # past segment 1: committed ...
+    oldest = min(s.on_disk())
+
+    def release() -> None:  # ... and released just as the cap looks
+        r.release(r.read_position)
+        assert not s.path(oldest).exists()
+
+    s.race = release
+    s.append(frame(9, 40))  # over the cap: segment 1 is the oldest it knows of
+    assert s.race is None and dropped == []
+    assert [f.meta["i"] for f in r.read(100, 1 << 20)] == list(range(3, 10))

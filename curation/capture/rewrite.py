@@ -1,7 +1,9 @@
 """Serving a namespace with its fine-tuned model: rewrite a call's body. Pure.
 
 The model is replaced and the system/developer messages give way to the
-namespace's short training prompt, exactly as the model was trained.
+namespace's short training prompt, exactly as the model was trained. A
+Responses call gets the short prompt as its ``instructions`` instead, and
+loses its system/developer input items the same way.
 """
 
 from __future__ import annotations
@@ -11,19 +13,37 @@ from typing import Any
 import orjson
 
 from curation.capture.prompt import SYSTEM_ROLES, role
+from curation.capture.responses import API as RESPONSES_API
 
 
-def rewrite(body: bytes, model: str, short_prompt: str | None) -> bytes | None:
-    """The rewritten body, or None when the body is not a chat request (forward it as is)."""
+def rewrite(
+    body: bytes, model: str, short_prompt: str | None, api: str = "chat.completions"
+) -> bytes | None:
+    """The rewritten body, or None when the body is not a request of ``api`` (forward it as is)."""
     try:
         request: Any = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
+    if not isinstance(request, dict):
         return None
-    messages = [
-        m for m in request["messages"] if not (isinstance(m, dict) and role(m) in SYSTEM_ROLES)
-    ]
+    if api == RESPONSES_API:
+        return _responses(request, model, short_prompt)
+    if not isinstance(request.get("messages"), list):
+        return None
+    messages = [m for m in request["messages"] if not _is_system(m)]
     if short_prompt:
         messages.insert(0, {"role": "system", "content": short_prompt})
     return orjson.dumps({**request, "model": model, "messages": messages})
+
+
+def _responses(request: dict[str, Any], model: str, short_prompt: str | None) -> bytes:
+    out = {k: v for k, v in request.items() if k != "instructions"}
+    if isinstance(request.get("input"), list):
+        out["input"] = [item for item in request["input"] if not _is_system(item)]
+    if short_prompt:
+        out["instructions"] = short_prompt
+    return orjson.dumps({**out, "model": model})
+
+
+def _is_system(message: Any) -> bool:
+    return isinstance(message, dict) and role(message) in SYSTEM_ROLES

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -10,7 +11,7 @@ from typing import Any
 import orjson
 
 from curation import names
-from curation.capture import prompt, stream, tags
+from curation.capture import prompt, responses, stream, tags
 from curation.capture.shape import Unrecordable, int32, obj, text
 
 MAX_DECODED = 256 << 20  # a decompressed response over this is a bomb, not a completion
@@ -18,7 +19,7 @@ MAX_DECODED = 256 << 20  # a decompressed response over this is a bomb, not a co
 __all__ = ["Capture", "Row", "Unrecordable", "build", "decode_body"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Capture:
     """What the proxy spools for a call: metadata and the raw bytes, unparsed."""
 
@@ -33,9 +34,13 @@ class Capture:
     response: bytes
     rewritten: bool = False
     fallback_from: str | None = None  # the student that failed; the teacher answered
+    api: str = responses.CHAT_API  # which API carried it: chat.completions or responses
+    call_id: str | None = None  # the X-Curation-Id the client got; feedback names it
 
     def meta(self) -> dict[str, Any]:
         return {
+            "api": self.api,
+            "cid": self.call_id,
             "rw": self.rewritten,
             "fb": self.fallback_from,
             "ns": self.namespace,
@@ -68,7 +73,19 @@ class Capture:
             response=response,
             rewritten=m.get("rw") is True,
             fallback_from=text(m.get("fb")),
+            api=responses.API if m.get("api") == responses.API else responses.CHAT_API,
+            call_id=_call_id(m.get("cid")),
         )
+
+
+def _call_id(value: Any) -> str | None:
+    """A call id as the proxy writes it (a UUID), else None: the row is kept without one."""
+    if not isinstance(value, str) or len(value) != 36:
+        return None
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None
 
 
 def _number(value: Any) -> float | None:
@@ -78,7 +95,7 @@ def _number(value: Any) -> float | None:
     return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Row:
     namespace: str
     user_prompt: str
@@ -95,6 +112,10 @@ class Row:
     tags: str  # JSON object text
     rewritten: bool = False
     fallback_from: str | None = None
+    api: str = responses.CHAT_API
+    response_id: str | None = None  # responses: the Response's id, which later turns name
+    previous_response_id: str | None = None  # responses: the earlier turn this one continues
+    call_id: str | None = None  # recorded_call maps it to this row (or the row it repeats)
 
 
 def decode_body(body: bytes, encoding: str | None) -> bytes:
@@ -144,12 +165,52 @@ def _raw_json_text(raw: bytes, parsed: Any) -> str:
 
 def build(capture: Capture) -> Row:
     """The row of ``capture``, whatever its bytes hold, or Unrecordable (the reason why)."""
+    if capture.api == responses.API:
+        return _responses_row(capture)
     request = _request(capture.request)
     response, response_text = _response(
         decode_body(capture.response, capture.content_encoding), capture.streamed
     )
-    asked = prompt.extract(request)
     usage = obj(response.get("usage"))
+    tokens = (usage.get("prompt_tokens"), usage.get("completion_tokens"))
+    return _row(capture, request, prompt.extract(request), response, response_text, tokens)
+
+
+def _responses_row(capture: Capture) -> Row:
+    """A Responses API call: the same row, read with the Responses rules."""
+    request = responses.check_request(_json(capture.request, "request"))
+    body = decode_body(capture.response, capture.content_encoding)
+    if capture.streamed:
+        response = responses.reassemble(body)
+        if response is None:
+            raise Unrecordable("stream did not complete (no response.completed, or it failed)")
+        response_text = _json_text(responses.check_response(response))
+    else:
+        response = responses.check_response(_json(body, "response"))
+        response_text = body.decode("utf-8").replace("\\u0000", "\\ufffd")
+    return _row(
+        capture,
+        request,
+        responses.extract(request),
+        response,
+        response_text,
+        responses.tokens(response),
+        api=responses.API,
+        response_id=_clean(responses.response_id(response)),
+        previous_response_id=_clean(responses.previous_response_id(request)),
+    )
+
+
+def _row(
+    capture: Capture,
+    request: dict[str, Any],
+    asked: prompt.Prompt,
+    response: dict[str, Any],
+    response_text: str,
+    tokens: tuple[Any, Any],
+    **by_api: Any,
+) -> Row:
+    """The columns every API fills alike; ``by_api`` the ones only some have."""
     model = text(response.get("model")) or text(request.get("model"))
     return Row(
         namespace=capture.namespace,
@@ -158,8 +219,8 @@ def build(capture: Capture) -> Row:
         request=_raw_json_text(capture.request, request),
         system_prompt=asked.system_prompt,
         model=prompt.clean(model) if model is not None else None,
-        prompt_tokens=int32(usage.get("prompt_tokens")),
-        completion_tokens=int32(usage.get("completion_tokens")),
+        prompt_tokens=int32(tokens[0]),
+        completion_tokens=int32(tokens[1]),
         latency_ms=capture.latency_ms,
         streamed=capture.streamed,
         upstream_request_id=capture.request_id,
@@ -167,7 +228,20 @@ def build(capture: Capture) -> Row:
         tags=_json_text(tags.from_request(request, capture.tags_header)),
         rewritten=capture.rewritten,
         fallback_from=capture.fallback_from,
+        call_id=capture.call_id,
+        **by_api,
     )
+
+
+def _json(raw: bytes, what: str) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Unrecordable(f"{what} is not JSON: {exc}") from exc
+
+
+def _clean(value: str | None) -> str | None:
+    return prompt.clean(value) if value is not None else None
 
 
 def _request(raw: bytes) -> dict[str, Any]:

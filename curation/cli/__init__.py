@@ -116,11 +116,13 @@ def _register() -> None:
         config_cmd,
         curate_cmd,
         db_cmd,
+        doctor_cmd,
         eval_cmd,
         export_cmd,
         jobs_cmd,
         ns_cmd,
         proxy_cmd,
+        review_cmd,
         student_cmd,
         train_cmd,
     )
@@ -131,11 +133,13 @@ def _register() -> None:
         ns_cmd,
         proxy_cmd,
         curate_cmd,
+        review_cmd,
         export_cmd,
         jobs_cmd,
         eval_cmd,
         student_cmd,
         train_cmd,
+        doctor_cmd,
     ):
         for command in module.COMMANDS:
             main.add_command(command)

@@ -1,17 +1,23 @@
-"""What every command shares: the settings and a way to the database."""
+"""What every command shares: the settings and a way to the database.
+
+The database modules (psycopg; alembic only to migrate) are imported when a
+command first needs them, so `curation --help` and a usage error cost none of it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from curation import config
 from curation.config import Settings
-from curation.db import connect, migrate
+
+if TYPE_CHECKING:
+    from curation.db.connect import Connection
 
 
 @dataclass
@@ -29,23 +35,40 @@ class AppContext:
         return self._settings
 
     def url(self) -> str:
+        from curation.db import connect
+
         if self._url is None:
             self._url = connect.database_url(self.settings())
         return self._url
 
     def ensure_schema(self) -> None:
         """Embedded: migrate silently (it is ours). DATABASE_URL: only check."""
-        if self.settings().database_url is None:
+        from curation.db import connect
+
+        with connect.connection(self.url(), autocommit=True) as conn:
+            self._check_schema(conn)
+
+    def _check_schema(self, conn: Connection) -> None:
+        from curation.db import revision
+        from curation.errors import SchemaOutdated
+
+        try:
+            revision.check_current(conn)
+        except SchemaOutdated:
+            if self.settings().database_url is not None:
+                raise
+            from curation.db import migrate  # alembic: only when there is something to do
+
+            conn.rollback()  # hold nothing the migration could wait on
             migrate.upgrade(self.url())
-            return
-        with connect.connection(self.url()) as conn:
-            migrate.check_current(conn)
 
     @contextmanager
-    def db(self, *, autocommit: bool = False) -> Iterator[connect.Connection]:
+    def db(self, *, autocommit: bool = False) -> Iterator[Connection]:
         """A transaction on a migrated database (autocommit: each statement commits)."""
-        self.ensure_schema()
+        from curation.db import connect
+
         with connect.connection(self.url(), autocommit=autocommit) as conn:
+            self._check_schema(conn)
             yield conn
 
 

@@ -1,9 +1,10 @@
-"""Curation commands: list, show, include/exclude/reset, edit, review, stats, history, purge."""
+"""Curation commands: list, show, include/exclude/reset, stats, history, purge.
+
+Review and edit, the interactive ones, live in review_cmd.
+"""
 
 from __future__ import annotations
 
-import json
-import sys
 from datetime import datetime
 from typing import Any
 
@@ -11,23 +12,12 @@ import click
 
 from curation.cli.context import AppContext, pass_app
 from curation.cli.output import dumps, emit, json_option, visible
-from curation.cli.params import ROW_ID
-from curation.curate import answers, rows, stats
-from curation.db.evals import decide_proposals
-from curation.errors import InvalidInput
+from curation.cli.params import ROW_ID, curator_option, who
+from curation.cli.review_cmd import feedback_event, feedback_summary, render
+from curation.curate import rows, stats
 
 LIST_COLUMNS = ["id", "times_seen", "last_seen_at", "user_prompt", "answer", "state"]
-EDIT_ATTEMPTS = 5  # an editor that keeps writing invalid JSON must not loop forever
-
-
-def curator_option(func: Any) -> Any:
-    return click.option(
-        "--curator", help="Who is curating, for the audit trail [env: CURATION_CURATOR, else USER]."
-    )(func)
-
-
-def who(app: AppContext, curator: str | None) -> str:
-    return curator or app.settings().curator
+SHOWN_FEEDBACK = 10  # show lists the latest feedback events (--json: these too)
 
 
 @click.command("list")
@@ -39,6 +29,11 @@ def who(app: AppContext, curator: str | None) -> str:
 @click.option("--since", type=click.DateTime(), help="Only rows seen at or after this time.")
 @click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
 @click.option("--most-seen", is_flag=True, help="Most-seen first (default: newest first).")
+@click.option(
+    "--feedback",
+    type=click.Choice(rows.FEEDBACK),
+    help="Only rows with feedback from production: a negative or positive score, or any.",
+)
 @json_option
 @pass_app
 def list_command(
@@ -49,15 +44,37 @@ def list_command(
     since: datetime | None,
     limit: int,
     most_seen: bool,
+    feedback: str | None,
     as_json: bool,
 ) -> None:
     """List NAMESPACE's captured rows."""
     f = rows.ListFilter(
-        state=state, search=search, since=since, limit=limit, sort="seen" if most_seen else "recent"
+        state=state,
+        search=search,
+        since=since,
+        limit=limit,
+        sort="seen" if most_seen else "recent",
+        feedback=feedback,
     )
     with app.db() as conn:
         found = rows.list_rows(conn, namespace, f)
-    emit(found, as_json, LIST_COLUMNS)
+        if feedback:
+            found = with_feedback_counts(conn, namespace, found)
+    emit(found, as_json, [*LIST_COLUMNS, "feedback"] if feedback else LIST_COLUMNS)
+
+
+def with_feedback_counts(
+    conn: Any, namespace: str, found: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Each row with its positive and negative feedback events (``feedback``: ``+2 / -1``)."""
+    from curation.db import feedback as db_feedback  # psycopg: not for `curation --help`
+
+    counts = db_feedback.counts_of_rows(conn, namespace, [r["id"] for r in found])
+    out = []
+    for r in found:
+        c = counts.get(r["id"], {"positive": 0, "negative": 0})
+        out.append({**r, **c, "feedback": feedback_summary(c)})
+    return out
 
 
 @click.command("show")
@@ -66,14 +83,20 @@ def list_command(
 @json_option
 @pass_app
 def show_command(app: AppContext, namespace: str, row_id: int, as_json: bool) -> None:
-    """Show one row: prompt, production prompt, answer, usage, state, history."""
+    """Show one row: prompt, production prompt, answer, usage, state, feedback, history."""
+    from curation.db import feedback as db_feedback  # psycopg: not for `curation --help`
+
     with app.db() as conn:
         row = rows.get_row(conn, namespace, row_id)
         audit = rows.history(conn, namespace, row_id)
+        counts = db_feedback.counts(conn, namespace, row_id)
+        events = db_feedback.events(conn, namespace, row_id, SHOWN_FEEDBACK)
     if as_json:
-        click.echo(dumps({**row, "history": audit}))
+        click.echo(dumps({**row, "feedback": {**counts, "events": events}, "history": audit}))
         return
-    click.echo(render(row))
+    click.echo(render({**row, "feedback": counts}))
+    for e in events:
+        click.echo(visible(feedback_event(e)))
     for h in audit:
         click.echo(
             visible(
@@ -81,44 +104,6 @@ def show_command(app: AppContext, namespace: str, row_id: int, as_json: bool) ->
                 f" {h['old_value']} -> {h['new_value']}"
             )
         )
-
-
-def render(row: dict[str, Any], progress: str | None = None) -> str:
-    """One row for a terminal: captured text goes through ``visible``, labels are styled."""
-    original = answers.text(
-        ((row.get("response") or {}).get("choices") or [{}])[0].get("message") or {}
-    )
-    lines = [
-        click.style(f"#{row['id']}", bold=True)
-        + f"  {row['state']}  seen {row['times_seen']}x, last {row['last_seen_at']:%Y-%m-%d %H:%M}"
-        + (f"  [{progress}]" if progress else ""),
-        click.style("prompt:", bold=True),
-        visible(row["user_prompt"]),
-        click.style("answer:", bold=True),
-        visible(answers.pretty(original)),
-    ]
-    if row.get("corrected_response"):
-        lines += [
-            click.style("correction:", bold=True),
-            visible(answers.pretty(answers.text(row["corrected_response"]))),
-        ]
-    if row.get("proposed_response"):
-        lines += [
-            click.style(
-                f"proposed by {visible(row.get('proposed_by'))} (a accept / r reject):", bold=True
-            ),
-            visible(answers.pretty(answers.text(row["proposed_response"]))),
-        ]
-    if row.get("note"):
-        lines.append(f"note: {visible(row['note'])}")
-    lines.append(
-        f"model {visible(row.get('model'))}, tokens {row.get('prompt_tokens')} in / {row.get('completion_tokens')} out,"
-        f" tags {json.dumps(row.get('tags') or {})}"
-    )
-    if row.get("system_prompt"):
-        sp = " ".join(visible(row["system_prompt"]).split())
-        lines.append(f"production prompt: {sp[:200]}{'…' if len(sp) > 200 else ''}")
-    return "\n".join(lines)
 
 
 def decide(state: str) -> Any:
@@ -176,121 +161,6 @@ exclude_command = click.command("exclude", help="Exclude rows from the training 
 )
 
 
-def edit_answer(
-    app: AppContext, conn: Any, namespace: str, row: dict[str, Any], curator: str
-) -> bool:
-    """Open the answer in $EDITOR until it is valid (at most EDIT_ATTEMPTS times);
-    True if a correction was stored."""
-    editor = app.settings().editor
-    if not editor:
-        raise InvalidInput("no editor: set EDITOR (e.g. export EDITOR=nano) and run again")
-    current = answers.message(row)
-    original = answers.text(current)
-    is_json = answers.parse_json(original) is not None
-    text = answers.pretty(original)
-    for attempt in range(1, EDIT_ATTEMPTS + 1):
-        edited = click.edit(
-            text, editor=editor, extension=".json" if is_json else ".txt", require_save=False
-        )
-        if edited is None or edited.strip() == text.strip():
-            click.echo("unchanged: nothing stored", err=True)
-            return False
-        problem = answers.json_error(original, edited)
-        if problem is None:
-            break
-        if attempt < EDIT_ATTEMPTS:
-            click.echo(f"not valid JSON ({problem}); reopening the editor", err=True)
-        text = edited
-    else:
-        raise InvalidInput(
-            f"still not valid JSON after {EDIT_ATTEMPTS} edits ({problem}); nothing stored"
-        )
-    new_text = edited.strip()
-    if is_json and "\n" not in original:
-        new_text = json.dumps(
-            json.loads(new_text), ensure_ascii=False
-        )  # keep the answers' compact style
-    rows.set_correction(
-        conn, namespace, row["id"], answers.edited_message(current, new_text), curator=curator
-    )
-    return True
-
-
-@click.command("edit")
-@click.argument("namespace")
-@click.argument("row_id", type=ROW_ID)
-@curator_option
-@pass_app
-def edit_command(app: AppContext, namespace: str, row_id: int, curator: str | None) -> None:
-    """Correct a row's answer in $EDITOR (the original stays; exports use the correction)."""
-    with app.db() as conn:
-        row = rows.get_row(conn, namespace, row_id)
-        if edit_answer(app, conn, namespace, row, who(app, curator)):
-            click.echo(f"stored a correction for row {row_id}")
-
-
-@click.command("review")
-@click.argument("namespace")
-@curator_option
-@pass_app
-def review_command(app: AppContext, namespace: str, curator: str | None) -> None:
-    """Review pending rows one by one, most seen first.
-
-    Keys: i include, e exclude, c correct (editor) and include, a/r accept/reject a
-    teacher's proposal, s skip, u undo last, q quit.
-    Two curators can review at once: a row shown to one is never shown to the other.
-    """
-    if not sys.stdin.isatty():
-        raise InvalidInput(
-            "curation review reads keys from a terminal: run it in one "
-            "(scripts: curation include / exclude)"
-        )
-    name = who(app, curator)
-    skipped: list[int] = []
-    last: int | None = None
-    with app.db(autocommit=True) as conn:
-        while True:
-            with conn.transaction():
-                row = rows.next_pending(conn, namespace, skipped)
-                if row is None:
-                    click.echo("nothing left to review")
-                    return
-                done, total = rows.progress(conn, namespace)
-                click.echo("\n" + render(row, f"{done}/{total} reviewed"))
-                click.echo("[i]nclude [e]xclude [c]orrect [s]kip [u]ndo [q]uit? ", nl=False)
-                key = click.getchar().lower()
-                click.echo(key)
-                if key == "q":
-                    return
-                if key == "s":
-                    skipped.append(row["id"])
-                elif key == "i":
-                    rows.set_state(conn, namespace, [row["id"]], "included", curator=name)
-                    last = row["id"]
-                elif key == "e":
-                    rows.set_state(conn, namespace, [row["id"]], "excluded", curator=name)
-                    last = row["id"]
-                elif key == "c":
-                    if edit_answer(app, conn, namespace, row, name):
-                        rows.set_state(conn, namespace, [row["id"]], "included", curator=name)
-                        last = row["id"]
-                elif key in ("a", "r") and row.get("proposed_response"):
-                    rows.as_curator(conn, name)
-                    decide_proposals(conn, namespace, [row["id"]], accept=key == "a")
-                    last = row["id"] if key == "a" else last
-                elif key == "u":
-                    if last is None:
-                        click.echo("nothing to undo")
-                    else:
-                        rows.set_state(
-                            conn, namespace, [last], "pending", curator=name, strict=False
-                        )
-                        click.echo(f"row {last} is pending again")
-                        last = None
-                else:
-                    click.echo("keys: i e c a r s u q")
-
-
 @click.command("history")
 @click.argument("namespace")
 @click.argument("row_id", type=ROW_ID)
@@ -313,14 +183,22 @@ def history_command(app: AppContext, namespace: str, row_id: int, as_json: bool)
 @json_option
 @pass_app
 def stats_command(app: AppContext, namespace: str | None, as_json: bool) -> None:
-    """Per namespace: calls, prompts, decisions, tokens, spend, and what is new since the last job."""
+    """Per namespace: calls, prompts, decisions, tokens, spend, and what is new since the last job.
+
+    Rows of a model with no known price are left out of spend_usd and counted in unpriced_rows.
+    """
     with app.db() as conn:
-        found = stats.collect(conn, namespace, app.settings().models_file)
-    emit(
-        found,
-        as_json,
-        list(stats.COLUMNS),
-    )
+        found = [
+            e | {"warnings": stats.warnings(e)}
+            for e in stats.collect(conn, namespace, app.settings().models_file)
+        ]
+    if as_json:
+        emit(found, True)
+        return
+    shown = [e | {"training_system_prompt": e["training_system_prompt"] or "(none)"} for e in found]
+    emit(shown, False, list(stats.COLUMNS))
+    for warning in (w for e in found for w in e["warnings"]):
+        click.echo(f"warning: {warning}", err=True)
 
 
 @click.command("purge")
@@ -367,8 +245,6 @@ COMMANDS = [
     include_command,
     exclude_command,
     reset_command,
-    edit_command,
-    review_command,
     history_command,
     stats_command,
     purge_command,

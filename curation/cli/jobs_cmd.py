@@ -6,20 +6,23 @@ from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from curation.cli.context import AppContext, pass_app
-from curation.cli.export_cmd import build_request, export_options, summary
+from curation.cli.export_cmd import WARNING, build_request, export_options, summary
 from curation.cli.output import emit, json_option
-from curation.db import jobs as db_jobs
-from curation.db import namespaces
 from curation.errors import NOTHING_NEW, InvalidInput, UpstreamError
 from curation.export import models
-from curation.export.run import ExportRequest
-from curation.jobs import backends, finetune, retrain
+from curation.jobs import backends
 from curation.jobs.backends import TERMINAL, Backend, JobEvent
+
+# The job path (psycopg, tiktoken) is imported by the commands that use it.
+if TYPE_CHECKING:
+    from curation.db.jobs import Job
+    from curation.export.run import ExportRequest
+    from curation.jobs import finetune
 
 JOB_COLUMNS = [
     "id",
@@ -116,56 +119,56 @@ class EventDisplay:
             self.bar.__exit__(kind, exc, tb)
 
 
-def job_line(job: dict[str, Any]) -> str:
-    reference = job["provider_job_id"] or "not submitted"
-    line = f"job {job['id']} ({job['backend']} {reference}) {job['namespace']}: {job['status']}"
-    if job.get("fine_tuned_model"):
-        line += f", model {job['fine_tuned_model']}"
-    if job.get("result_location"):
-        line += f" at {job['result_location']}"
-    if job.get("trained_tokens"):
-        line += f", {job['trained_tokens']} trained tokens"
-    if job.get("error"):
-        line += f", error: {job['error']}"
+def job_line(job: Job) -> str:
+    reference = job.provider_job_id or "not submitted"
+    line = f"job {job.id} ({job.backend} {reference}) {job.namespace}: {job.status}"
+    if job.fine_tuned_model:
+        line += f", model {job.fine_tuned_model}"
+    if job.result_location:
+        line += f" at {job.result_location}"
+    if job.trained_tokens:
+        line += f", {job.trained_tokens} trained tokens"
+    if job.error:
+        line += f", error: {job.error}"
     return line
 
 
-def finish(backend: Backend, job: dict[str, Any]) -> None:
+def finish(backend: Backend, job: Job) -> None:
     """A job that ended badly is a failure for cron: one line and exit 12."""
-    if job["status"] in ("failed", "cancelled"):
+    if job.status in ("failed", "cancelled"):
         raise UpstreamError(
-            f"job {job['provider_job_id']} {job['status']}: {job.get('error') or 'no reason given'}"
+            f"job {job.provider_job_id} {job.status}: {job.error or 'no reason given'}"
         )
-    if job["status"] == "succeeded":
+    if job.status == "succeeded":
         for line in next_steps(backend, job):
             click.echo(f"next: {line}")
 
 
-def next_steps(backend: Backend, job: dict[str, Any]) -> list[str]:
+def next_steps(backend: Backend, job: Job) -> list[str]:
     """What to run before the student answers (a provider's extra call), then how to serve it."""
     if backend.name == "local":
-        return [f"serve it: curation student start {job['id']}"]
-    model, steps = job["fine_tuned_model"], []
+        return [f"serve it: curation student start {job.id}"]
+    model, steps = job.fine_tuned_model, []
     extra = getattr(backend, "next_step", None)
-    if extra is not None and (hint := extra(job["provider_job_id"], model, job["base_model"])):
+    if extra is not None and (hint := extra(job.provider_job_id, model, job.base_model)):
         steps.append(hint)
     served = getattr(backend, "served_model", lambda m: m)(model)
     key_env = getattr(backend, "key_env", None)
-    if job.get("result_location") and key_env:
+    if job.result_location and key_env:
         steps.append(
-            f"serve it: curation serve {job['namespace']} --model {served} "
-            f"--endpoint {job['result_location']} --endpoint-key-env {key_env}"
+            f"serve it: curation serve {job.namespace} --model {served} "
+            f"--endpoint {job.result_location} --endpoint-key-env {key_env}"
         )
     return steps
 
 
-def follow(
-    conn: Any, backend: Backend, job: dict[str, Any], interval: float | None
-) -> dict[str, Any]:
+def follow(conn: Any, backend: Backend, job: Job, interval: float | None) -> Job:
     """Follow a job to its end; a local job with no worker alive gets one (a child process)."""
+    from curation.jobs import finetune
+
     ensure_worker = getattr(backend, "ensure_worker", None)
-    if ensure_worker is not None and job["provider_job_id"] and job["status"] not in TERMINAL:
-        ensure_worker(job["provider_job_id"])
+    if ensure_worker is not None and job.provider_job_id and job.status not in TERMINAL:
+        ensure_worker(job.provider_job_id)
     local = backend.name in finetune.SELF_RECORDING
     first = interval or (LOCAL_INTERVAL if local else HOSTED_INTERVAL)
     with EventDisplay(terminal=sys.stderr.isatty()) as display:
@@ -180,7 +183,7 @@ def follow(
 
 
 def submit_and_maybe_wait(
-    conn: Any, backend: Backend, job: dict[str, Any], wait_: bool, interval: float | None
+    conn: Any, backend: Backend, job: Job, wait_: bool, interval: float | None
 ) -> None:
     click.echo(job_line(job))
     if wait_:
@@ -191,6 +194,8 @@ def submit_and_maybe_wait(
 
 def choose_backend(app: AppContext, conn: Any, request: ExportRequest, name: str | None) -> Backend:
     """``--backend``, else the namespace's default, else the catalogue's for the model (openai)."""
+    from curation.db import namespaces
+
     chosen = (
         name
         or namespaces.get(conn, request.namespace).backend
@@ -199,8 +204,8 @@ def choose_backend(app: AppContext, conn: Any, request: ExportRequest, name: str
     return backends.get(chosen, app.settings())
 
 
-def backend_of(app: AppContext, job: dict[str, Any]) -> Backend:
-    return backends.get(job["backend"], app.settings())
+def backend_of(app: AppContext, job: Job) -> Backend:
+    return backends.get(job.backend, app.settings())
 
 
 def prepare(
@@ -213,6 +218,8 @@ def prepare(
     options: dict[str, Any],
 ) -> tuple[ExportRequest, finetune.SubmitOptions]:
     """The export request and job options that `finetune submit` and `retrain` share."""
+    from curation.jobs import finetune
+
     hyperparameters = parse_hyperparameters(options.pop("hyperparameters", ()))
     if options.pop("merge", False):
         hyperparameters["merge"] = True
@@ -267,6 +274,8 @@ def submit_command(
     **options: Any,
 ) -> None:
     """Export NAMESPACE, upload the files and create a fine-tuning job."""
+    from curation.jobs import finetune, retrain
+
     with app.db(autocommit=True) as conn:
         request, opts = prepare(app, conn, namespace, method, suffix, seed, options)
         trainer = choose_backend(app, conn, request, backend)
@@ -283,10 +292,13 @@ def submit_command(
 @pass_app
 def list_command(app: AppContext, namespace: str | None, as_json: bool) -> None:
     """Jobs recorded here, newest first."""
+    from curation.db import jobs as db_jobs
+    from curation.db import namespaces
+
     with app.db() as conn:
         if namespace is not None:
             namespaces.get(conn, namespace)  # an unknown one is an error, as in `curation list`
-        rows = db_jobs.list_for(conn, namespace)
+        rows = [j.as_dict() for j in db_jobs.list_for(conn, namespace)]
     emit(rows, as_json, JOB_COLUMNS)
 
 
@@ -296,14 +308,17 @@ def list_command(app: AppContext, namespace: str | None, as_json: bool) -> None:
 @pass_app
 def status_command(app: AppContext, job: str, as_json: bool) -> None:
     """Refresh JOB (local id or the backend's id) from its backend; show it with its events."""
+    from curation.db import jobs as db_jobs
+    from curation.jobs import finetune
+
     with app.db(autocommit=True) as conn:
         record = db_jobs.get(conn, job)
         backend = backend_of(app, record)
         record = finetune.refresh(conn, backend, record)
-        reference = record["provider_job_id"]
+        reference = record.provider_job_id
         events = backend.events(reference) if reference else []
     if as_json:
-        emit({**record, "events": [asdict(e) for e in events]}, True)
+        emit({**record.as_dict(), "events": [asdict(e) for e in events]}, True)
         return
     click.echo(job_line(record))
     for event in events[-10:]:
@@ -316,6 +331,8 @@ def status_command(app: AppContext, job: str, as_json: bool) -> None:
 @pass_app
 def wait_command(app: AppContext, job: str, interval: float | None) -> None:
     """Follow JOB until it ends; exit 0 if it succeeded, 12 if it failed or was cancelled."""
+    from curation.db import jobs as db_jobs
+
     with app.db(autocommit=True) as conn:
         record = db_jobs.get(conn, job)
         backend = backend_of(app, record)
@@ -329,18 +346,26 @@ def wait_command(app: AppContext, job: str, interval: float | None) -> None:
 @pass_app
 def cancel_command(app: AppContext, job: str) -> None:
     """Cancel JOB at its backend."""
+    from curation.db import jobs as db_jobs
+    from curation.jobs import finetune
+
     with app.db(autocommit=True) as conn:
         record = db_jobs.get(conn, job)
         record = finetune.cancel(conn, backend_of(app, record), record)
     click.echo(job_line(record))
-    if record["status"] not in TERMINAL:
-        click.echo(f"cancel requested; follow it to the end: curation finetune wait {record['id']}")
+    if record.status not in TERMINAL:
+        click.echo(f"cancel requested; follow it to the end: curation finetune wait {record.id}")
 
 
 @click.command("retrain")
 @click.argument("namespace")
 @export_options
 @submit_options
+@click.option(
+    "--no-system-prompt",
+    is_flag=True,
+    help="Train although the namespace has no training system prompt (examples without one).",
+)
 @pass_app
 def retrain_command(
     app: AppContext,
@@ -352,22 +377,36 @@ def retrain_command(
     seed: int | None,
     wait_: bool,
     interval: float | None,
+    no_system_prompt: bool,
     **options: Any,
 ) -> None:
     """Nightly: export NAMESPACE and submit a job if the data changed.
 
     Exit codes: 0 submitted (with --wait: succeeded), 10 nothing new,
-    11 too few examples, 12 provider error or failed job, 13 another run busy.
+    11 too few examples, 12 provider error or failed job, 13 another run busy,
+    2 no training system prompt (unless --no-system-prompt).
     """
+    from curation.jobs import retrain
+
     with app.db(autocommit=True) as conn:
         request, opts = prepare(app, conn, namespace, method, suffix, seed, options)
         trainer = choose_backend(app, conn, request, backend)
-        outcome = retrain.retrain(conn, trainer, request, opts, app.settings().data_dir / "exports")
+        outcome = retrain.retrain(
+            conn,
+            trainer,
+            request,
+            opts,
+            app.settings().data_dir / "exports",
+            without_prompt=no_system_prompt,
+        )
+        for warning in outcome.export.manifest["warnings"]:
+            click.echo(f"{WARNING}{warning}", err=True)
         if outcome.kind == "nothing_new":
-            prev = outcome.previous or {}
+            prev = outcome.previous
             click.echo(
                 f"nothing new for {namespace}: dataset {outcome.export.sha256[:16]}… is what "
-                f"{trainer.name} job {prev.get('provider_job_id')} ({prev.get('status')}) trained on"
+                f"{trainer.name} job {prev and prev.provider_job_id} ({prev and prev.status}) "
+                "trained on"
             )
             sys.exit(NOTHING_NEW)
         assert outcome.job is not None

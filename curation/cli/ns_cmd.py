@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shlex
 from dataclasses import asdict
 from typing import Any
 
@@ -7,9 +8,15 @@ import click
 
 from curation import names
 from curation.cli.context import AppContext, pass_app
-from curation.cli.output import emit, json_option
+from curation.cli.export_cmd import WARNING
+from curation.cli.output import emit, json_option, visible
 from curation.db import namespaces
+from curation.errors import InvalidInput, NotFound
+from curation.export import models
 from curation.jobs import backends
+
+NO_PROMPT = "(none: training examples carry no system message)"
+COUNT_MODEL = "gpt-4o-mini-2024-07-18"
 
 
 @click.group("ns")
@@ -29,8 +36,34 @@ def create(app: AppContext, name: str, system_prompt: str | None, base_model: st
         created = namespaces.create(
             conn, name, training_system_prompt=system_prompt, base_model=base_model
         )
-    table = names.table_name(name)
-    click.echo(f"created namespace {name} (table {table})" if created else f"{name} exists already")
+        if not created:
+            click.echo(fill_in(conn, namespaces.get(conn, name), system_prompt, base_model))
+            return
+    click.echo(f"created namespace {name} (table {names.table_name(name)})")
+
+
+def fill_in(
+    conn: Any, found: namespaces.Namespace, system_prompt: str | None, base_model: str | None
+) -> str:
+    """`ns create` of a namespace that exists (the proxy creates them on first use): set
+    what it lacks, and say what it keeps, so a quick start run late still sets the prompt."""
+    given = {"training_system_prompt": system_prompt, "base_model": base_model}
+    have = {"training_system_prompt": found.training_system_prompt, "base_model": found.base_model}
+    filled = {k: v for k, v in given.items() if v and not have[k]}
+    if filled:
+        namespaces.update(conn, found.name, **filled)
+        return f"{found.name} exists already; set its {' and '.join(filled)}"
+    kept = {k: v for k, v in given.items() if v and v != have[k]}
+    if kept:
+        flags = " ".join(f"{FLAGS[k]} {shlex.quote(v)}" for k, v in kept.items())
+        return (
+            f"{found.name} exists already and keeps its {' and '.join(kept)}; "
+            f"to change it: curation ns set {found.name} {flags}"
+        )
+    return f"{found.name} exists already"
+
+
+FLAGS = {"training_system_prompt": "--system-prompt", "base_model": "--model"}
 
 
 @ns.command("list")
@@ -50,11 +83,19 @@ def list_(app: AppContext, as_json: bool) -> None:
 @pass_app
 def show(app: AppContext, name: str, as_json: bool) -> None:
     """Show one namespace's settings and row counts."""
+    from curation.export.run import missing_prompt_warning  # tiktoken: not for --help
+
     with app.db() as conn:
         found = namespaces.get(conn, name)
         data: dict[str, Any] = asdict(found) | {"table": found.table}
         data |= namespaces.counts(conn, name)
-    emit(data, as_json)
+    warnings = [] if found.training_system_prompt else [missing_prompt_warning(name)]
+    if as_json:
+        emit(data | {"warnings": warnings}, True)
+        return
+    emit(data | {"training_system_prompt": found.training_system_prompt or NO_PROMPT}, False)
+    for warning in warnings:
+        click.echo(f"{WARNING}{warning}", err=True)
 
 
 @ns.command("set")
@@ -88,6 +129,54 @@ def set_(
     with app.db() as conn:
         namespaces.update(conn, name, **changes)
     click.echo(f"updated {name}: {', '.join(sorted(changes))}")
+
+
+@ns.command("suggest-prompt")
+@click.argument("name")
+@click.option(
+    "--model",
+    help="Count tokens as this model does (default: the namespace's base model, else the "
+    "model that answered the prompt).",
+)
+@json_option
+@pass_app
+def suggest_prompt(app: AppContext, name: str, model: str | None, as_json: bool) -> None:
+    """Print NAME's most common production system prompt (by calls) and its tokens.
+
+    A starting point for the short training prompt: shorten it, then set it
+    with `curation ns set NAME --system-prompt '...'`. The prompt goes to
+    stdout, what it is to stderr (`> prompt.txt` keeps the prompt alone).
+    """
+    from curation.export import tokens  # tiktoken: not for --help
+
+    with app.db() as conn:
+        found = namespaces.get(conn, name)
+        use = namespaces.common_system_prompt(conn, name)
+    if use is None:
+        raise NotFound(
+            f"no row of {name} carries a production system prompt; write the short prompt "
+            f"yourself: curation ns set {name} --system-prompt '...'"
+        )
+    chosen = model or found.base_model or use.model
+    if not chosen:
+        raise InvalidInput(f"no model to count tokens with: pass --model, e.g. {COUNT_MODEL}")
+    info = tokens.prepare(models.lookup(chosen, app.settings().models_file, open_models=True))
+    data = asdict(use) | {
+        "namespace": name,
+        "tokens": tokens.count_prompt(use.system_prompt, info),
+        "counted_with": f"{info.name}: {info.counted_with}",
+    }
+    if as_json:
+        emit(data, True)
+        return
+    click.echo(
+        f"{name}: the production prompt of {use.rows} of {use.rows_with_a_prompt} rows with one "
+        f"({use.calls} calls, {use.distinct_prompts} distinct prompts), {data['tokens']} tokens "
+        f"({data['counted_with']}); shorten it, then: curation ns set {name} "
+        "--system-prompt '...'",
+        err=True,
+    )
+    click.echo(visible(use.system_prompt))
 
 
 COMMANDS = [ns]

@@ -1,4 +1,4 @@
-"""Argument types shared by the commands: row ids are positive bigints."""
+"""Arguments shared by the commands: row ids are positive bigints; who is curating."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from curation.cli.context import AppContext
 from curation.curate.rows import ROW_ID_MAX, parse_ids
 from curation.errors import InvalidInput
 
@@ -29,3 +30,13 @@ class RowIds(click.ParamType[tuple[int, ...]]):
 
 
 ROW_IDS = RowIds()
+
+
+def curator_option(func: Any) -> Any:
+    return click.option(
+        "--curator", help="Who is curating, for the audit trail [env: CURATION_CURATOR, else USER]."
+    )(func)
+
+
+def who(app: AppContext, curator: str | None) -> str:
+    return curator or app.settings().curator

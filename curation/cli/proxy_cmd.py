@@ -128,6 +128,14 @@ def count(setting: str) -> Bounded:
     help="A served namespace's student must answer within this, else the teacher does "
     "[env: CURATION_STUDENT_TIMEOUT; 30].",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Proxy processes sharing the port (SO_REUSEPORT), each with its own spool "
+    "(<spool>/worker-<i> beyond the first) and recorder; /metrics and /readyz are per worker.",
+)
 @pass_app
 def proxy(
     app: AppContext,
@@ -149,6 +157,7 @@ def proxy(
     max_connections: int | None,
     recorder_stall_seconds: float | None,
     student_timeout: float | None,
+    workers: int,
 ) -> None:
     """Run the OpenAI-compatible proxy that records chat completions.
 
@@ -178,7 +187,7 @@ def proxy(
         recorder_stall_seconds=recorder_stall_seconds,
         student_timeout=student_timeout,
     )
-    serve(settings)
+    serve(settings, workers)
 
 
 COMMANDS = [proxy]

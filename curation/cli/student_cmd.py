@@ -7,7 +7,6 @@ import shlex
 import click
 
 from curation.cli.context import AppContext, pass_app
-from curation.db import jobs as db_jobs
 from curation.jobs import student
 
 
@@ -33,6 +32,8 @@ def start_command(app: AppContext, job: str, port: int, host: str, engine: str) 
 
     Prints the base URL and the model name to call once the engine answers.
     """
+    from curation.db import jobs as db_jobs  # psycopg: not for `curation --help`
+
     with app.db() as conn:
         row = db_jobs.get(conn, job)
     served = student.Student.of_job(row)

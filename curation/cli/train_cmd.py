@@ -4,8 +4,6 @@ import click
 
 from curation.cli.context import AppContext, pass_app
 from curation.cli.params import ROW_ID
-from curation.jobs import worker
-from curation.train import trainer
 
 
 @click.command("train-worker")
@@ -48,6 +46,9 @@ def train_worker_command(
     SIGTERM checkpoints and hands the job back; a killed worker's job is
     resumed from its last checkpoint by the next worker.
     """
+    from curation.jobs import worker  # psycopg, and torch once a job runs
+    from curation.train import trainer
+
     app.ensure_schema()
     opts = worker.Options(
         once=once, poll=poll, job_id=job_id, stale_after=stale_after, max_attempts=max_attempts

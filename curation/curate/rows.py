@@ -12,13 +12,17 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from curation.db import queries
-from curation.db.connect import Connection
 from curation.errors import Conflict, InvalidInput, NotFound
 
+if TYPE_CHECKING:
+    from curation.db.connect import Connection
+    from curation.db.queries import Composed
+
 STATES = ("included", "excluded", "pending")
+FEEDBACK = ("negative", "positive", "any")  # polarities of feedback from production
 VERB = {"included": "include", "excluded": "exclude", "pending": "reset"}
 
 
@@ -29,6 +33,7 @@ class ListFilter:
     since: datetime | None = None
     limit: int = 50
     sort: str = "recent"
+    feedback: str | None = None  # negative, positive or any: rows with such feedback
 
 
 def as_curator(conn: Connection, curator: str) -> None:
@@ -36,20 +41,23 @@ def as_curator(conn: Connection, curator: str) -> None:
 
 
 def list_rows(conn: Connection, namespace: str, f: ListFilter) -> list[dict[str, Any]]:
-    return conn.execute(
-        queries.for_namespace("list_rows", namespace),
-        {
-            "state": f.state,
-            "search": f.search,
-            "since": f.since,
-            "limit": f.limit,
-            "sort": f.sort,
-        },
-    ).fetchall()
+    return conn.execute(*list_query(namespace, f)).fetchall()
+
+
+def list_query(namespace: str, f: ListFilter) -> tuple[Composed, dict[str, Any]]:
+    """The fixed query of ``f``'s state and order, with its filters (list_rows in curate.sql)."""
+    filters = [f"list_{f.state}"] if f.state in STATES else []
+    filters += [f"list_{name}" for name in ("search", "since") if getattr(f, name) is not None]
+    filters += [f"list_feedback_{f.feedback}"] if f.feedback in FEEDBACK else []  # feedback.sql
+    order = "list_most_seen" if f.sort == "seen" else "list_newest"
+    query = queries.for_namespace("list_rows", namespace, filters=filters, order=order)
+    return query, {"namespace": namespace, "search": f.search, "since": f.since, "limit": f.limit}
 
 
 def get_row(conn: Connection, namespace: str, row_id: int) -> dict[str, Any]:
-    row = conn.execute(queries.for_namespace("get_row", namespace), {"id": row_id}).fetchone()
+    row = conn.execute(
+        queries.for_namespace("get_row", namespace), {"namespace": namespace, "id": row_id}
+    ).fetchone()
     if row is None:
         raise NotFound(f"no row {row_id} in {namespace}; see: curation list {namespace}")
     return row
@@ -58,7 +66,10 @@ def get_row(conn: Connection, namespace: str, row_id: int) -> dict[str, Any]:
 def matching(conn: Connection, namespace: str, search: str) -> list[int]:
     return [
         int(r["id"])
-        for r in conn.execute(queries.for_namespace("ids_matching", namespace), {"search": search})
+        for r in conn.execute(
+            queries.for_namespace("ids_matching", namespace),
+            {"namespace": namespace, "search": search},
+        )
     ]
 
 
@@ -81,7 +92,10 @@ def set_state(
     as_curator(conn, curator)
     found = {
         int(r["id"]): r["state"]
-        for r in conn.execute(queries.for_namespace("row_states", namespace), {"ids": list(ids)})
+        for r in conn.execute(
+            queries.for_namespace("row_states", namespace),
+            {"namespace": namespace, "ids": list(ids)},
+        )
     }
     missing = [i for i in ids if i not in found]
     if missing:
@@ -89,16 +103,22 @@ def set_state(
     already = [i for i in ids if found[i] == state]
     if already and strict:
         raise Conflict(
-            f"row {', '.join(map(str, already))} is already {state}; nothing changed "
+            f"{_rows(already)} already {state}; nothing changed "
             f"(curation {VERB['pending']} {namespace} ID to undo a decision)"
         )
     todo = [i for i in ids if found[i] != state]
     if todo:
         conn.execute(
             queries.for_namespace("set_state", namespace),
-            {"ids": todo, "state": state, "note": note},
+            {"namespace": namespace, "ids": todo, "state": state, "note": note},
         )
     return todo
+
+
+def _rows(ids: Sequence[int]) -> str:
+    """``row 18 is`` / ``rows 18, 19 are``."""
+    listed = ", ".join(map(str, ids))
+    return f"row {listed} is" if len(ids) == 1 else f"rows {listed} are"
 
 
 def set_correction(
@@ -107,7 +127,7 @@ def set_correction(
     as_curator(conn, curator)
     conn.execute(
         queries.for_namespace("set_correction", namespace),
-        {"id": row_id, "correction": json.dumps(message)},
+        {"namespace": namespace, "id": row_id, "correction": json.dumps(message)},
     )
 
 
@@ -154,35 +174,43 @@ def purge(
     batch: int = 5000,
 ) -> int:
     """Delete old never-included rows in batches, each its own short transaction
-    (audited by the delete trigger); ``conn`` must be autocommit."""
+    (audited by the delete trigger), walking the ids once; ``conn`` must be autocommit."""
     age = parse_age(older_than)
-    total = 0
+    total, after = 0, 0
     while True:
         with conn.transaction():
             as_curator(conn, curator)
-            cur = conn.execute(
-                queries.for_namespace("purge_batch", namespace),
-                {
-                    "older_than": age,
-                    "include_excluded": include_excluded,
-                    "force": force,
-                    "batch": batch,
-                },
-            )
-            deleted = cur.rowcount
-        total += deleted
-        if deleted < batch:
+            deleted = [
+                int(r["id"])
+                for r in conn.execute(
+                    queries.for_namespace("purge_batch", namespace),
+                    {
+                        "namespace": namespace,
+                        "after": after,
+                        "older_than": age,
+                        "include_excluded": include_excluded,
+                        "force": force,
+                        "batch": batch,
+                    },
+                )
+            ]
+        total += len(deleted)
+        if len(deleted) < batch:
             return total
+        after = max(deleted)
 
 
 def next_pending(conn: Connection, namespace: str, skip: Sequence[int]) -> dict[str, Any] | None:
     """Lock and return the next row to review (call inside a transaction)."""
     return conn.execute(
-        queries.for_namespace("next_pending", namespace), {"skip": list(skip)}
+        queries.for_namespace("next_pending", namespace),
+        {"namespace": namespace, "skip": list(skip)},
     ).fetchone()
 
 
 def progress(conn: Connection, namespace: str) -> tuple[int, int]:
-    row = conn.execute(queries.for_namespace("review_progress", namespace)).fetchone()
+    row = conn.execute(
+        queries.for_namespace("review_progress", namespace), {"namespace": namespace}
+    ).fetchone()
     assert row is not None
     return int(row["reviewed"]), int(row["total"])

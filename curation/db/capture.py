@@ -3,12 +3,18 @@
 A batch is COPYed into a temp staging table, folded and upserted in one
 statement, and the spool checkpoint moves in the same transaction: after a
 crash the replay starts exactly where the committed rows end.
+
+The functions the writer calls raise only the project's errors (errors.py):
+``DatabaseUnavailable`` when PostgreSQL is away, ``RowRefused`` when it
+refused a batch's data (``write_batch``; ``write_each`` hands each row it
+refuses to its caller and writes the rest).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -16,7 +22,9 @@ from psycopg.rows import dict_row
 
 from curation.capture import tags
 from curation.capture.row import Row
-from curation.db import queries
+from curation.db import feedback, queries
+from curation.db.errors import CONNECTION_ERRORS, wrap_errors
+from curation.errors import RowRefused
 
 AsyncConnection = psycopg.AsyncConnection[dict[str, Any]]
 
@@ -45,12 +53,36 @@ async def connect(url: str) -> AsyncConnection:
     return conn
 
 
+async def open_writer(
+    url: str, spool_id: str
+) -> tuple[AsyncConnection, tuple[int, int] | None, set[str]]:
+    """The writer's connection, its spool's checkpoint and the namespaces that exist.
+
+    Only a failure to reach PostgreSQL is ``DatabaseUnavailable`` (retry later);
+    any other error here is a bug and propagates: the recorder exits."""
+    with wrap_errors(CONNECTION_ERRORS):
+        conn = await connect(url)
+        return conn, await _checkpoint(conn, spool_id), await namespaces(conn)
+
+
+async def close(conn: AsyncConnection) -> None:
+    """Close ``conn``; one whose connection is already lost closes quietly."""
+    with contextlib.suppress(*CONNECTION_ERRORS):
+        await conn.close()
+
+
 async def namespaces(conn: AsyncConnection) -> set[str]:
     cur = await conn.execute(queries.get("namespace_names"))
     return {str(r["name"]) for r in await cur.fetchall()}
 
 
 async def checkpoint(conn: AsyncConnection, spool_id: str) -> tuple[int, int] | None:
+    """Where the committed rows of ``spool_id`` end (None: nothing committed yet)."""
+    with wrap_errors():
+        return await _checkpoint(conn, spool_id)
+
+
+async def _checkpoint(conn: AsyncConnection, spool_id: str) -> tuple[int, int] | None:
     cur = await conn.execute(queries.get("get_checkpoint"), {"spool_id": spool_id})
     row = await cur.fetchone()
     return (int(row["segment"]), int(row["byte_offset"])) if row else None
@@ -66,6 +98,55 @@ async def create_namespaces(conn: AsyncConnection, names: set[str]) -> None:
                 "base_model": None,
             },
         )
+
+
+async def ensure_namespaces(conn: AsyncConnection, names: set[str]) -> None:
+    """Create ``names`` in a short transaction of their own (creating one takes locks that
+    would otherwise block every other proxy's writer for a whole batch)."""
+    with wrap_errors(rows_on=conn):
+        async with conn.transaction():
+            await create_namespaces(conn, names)
+
+
+async def write_batch(
+    conn: AsyncConnection, spool_id: str, rows: Sequence[Row], segment: int, offset: int
+) -> None:
+    """``rows`` and the checkpoint moved to their end, in one transaction."""
+    with wrap_errors(rows_on=conn):
+        async with conn.transaction():
+            if rows:
+                await insert_rows(conn, rows)
+            await set_checkpoint(conn, spool_id, segment, offset, len(rows))
+
+
+async def write_each(
+    conn: AsyncConnection,
+    spool_id: str,
+    rows: Sequence[Row],
+    segment: int,
+    offset: int,
+    refused: Callable[[Row, RowRefused], None],
+) -> tuple[int, set[str]]:
+    """Each row in a savepoint of its own, then the checkpoint, in one transaction; a row
+    PostgreSQL refuses goes to ``refused``. How many went in, and their namespaces."""
+    written: set[str] = set()
+    count = 0
+    with wrap_errors():
+        async with conn.transaction():
+            for r in rows:
+                try:
+                    with wrap_errors(rows_on=conn):
+                        async with conn.transaction():
+                            if r.namespace not in written:  # whatever the caller believes
+                                await create_namespaces(conn, {r.namespace})
+                            await insert_rows(conn, [r], clear=True)
+                except RowRefused as exc:
+                    refused(r, exc)
+                    continue
+                written.add(r.namespace)
+                count += 1
+            await set_checkpoint(conn, spool_id, segment, offset, count)
+    return count, written
 
 
 async def insert_rows(conn: AsyncConnection, rows: Sequence[Row], *, clear: bool = False) -> None:
@@ -98,9 +179,15 @@ async def insert_rows(conn: AsyncConnection, rows: Sequence[Row], *, clear: bool
                         r.tags,
                         r.rewritten,
                         r.fallback_from,
+                        r.api,
+                        r.response_id,
+                        r.previous_response_id,
+                        r.call_id,
                     )
                 )
         await cur.execute(queries.get("insert_from_staging"), {"max_tags": tags.MAX_TAGS})
+        # call ids -> rows, and the feedback that came before them
+        await feedback.record_calls(conn, rows, await cur.fetchall())
         if clear:
             await cur.execute("DELETE FROM capture_staging")
 
@@ -117,9 +204,3 @@ async def set_checkpoint(
             "rows": rows,
         },
     )
-
-
-async def serving_table(conn: AsyncConnection) -> list[dict[str, Any]]:
-    """Every namespace with its serving settings (the proxy polls this)."""
-    cur = await conn.execute(queries.get("serving_table"))
-    return await cur.fetchall()

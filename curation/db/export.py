@@ -1,8 +1,10 @@
-"""Reading curated rows for export (a server-side cursor) and recording datasets."""
+"""Reading curated rows for export (binary COPY) and recording datasets."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import itertools
+import struct
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -13,7 +15,12 @@ from psycopg.types.json import Jsonb
 from curation.db import queries
 from curation.db.connect import Connection
 
-FETCH = 2000
+SIGNATURE = b"PGCOPY\n\xff\r\n\x00"  # binary COPY's header starts so, then flags, extension length
+TRAILER = b"\xff\xff"
+_KEYS = struct.Struct("!hiqiq")  # a row: field count, then id and version (length 8 each)
+_LENGTH = struct.Struct("!i")
+# one split's examples for dataset_row: (split, row ids, row versions, token counts)
+Lineage = tuple[str, Sequence[int], Sequence[int], Sequence[int]]
 
 
 @dataclass(frozen=True)
@@ -33,7 +40,7 @@ class Filters:
 
 
 def count_rows(conn: Connection, namespace: str, filters: Filters) -> int:
-    """How many rows ``iter_rows`` will yield (for a progress bar)."""
+    """How many rows ``copy_rows`` will yield (for a progress bar)."""
     query = sql.SQL("SELECT count(*) AS n FROM ({}) AS q").format(
         queries.for_namespace("export_rows", namespace)
     )
@@ -41,19 +48,58 @@ def count_rows(conn: Connection, namespace: str, filters: Filters) -> int:
     return int(row["n"]) if row else 0
 
 
-def iter_rows(conn: Connection, namespace: str, filters: Filters) -> Iterator[tuple[Any, ...]]:
-    """(id, version, user_prompt, request, response, corrected_response) as text, streamed:
-    memory stays flat however many rows there are."""
-    with conn.cursor(name="curation_export", row_factory=_tuple_row) as cur:
-        cur.itersize = FETCH
-        cur.execute(queries.for_namespace("export_rows", namespace), filters.params())
-        yield from cur
+def copy_rows(conn: Connection, namespace: str, filters: Filters) -> Iterator[bytes]:
+    """The rows to export, oldest first, as binary COPY tuples, one ``bytes`` per row
+    (PostgreSQL sends each row of a COPY TO in a message of its own), header and
+    trailer removed.
+
+    Reading them costs the caller almost nothing: ``parse_rows`` turns any run of them
+    back into rows, in a worker process if need be. Memory stays flat.
+    """
+    query = sql.SQL("COPY ({}) TO STDOUT (FORMAT binary)").format(
+        queries.for_namespace("export_rows", namespace)
+    )
+    with conn.cursor() as cur, cur.copy(query, filters.params()) as copy:
+        first = True
+        for block in copy:
+            data = bytes(block)
+            if first:
+                data, first = _strip_header(data), False
+            if data and data != TRAILER:
+                yield data
 
 
-def _tuple_row(cursor: Any) -> Any:
-    from psycopg.rows import tuple_row
+def _strip_header(data: bytes) -> bytes:
+    if not data.startswith(SIGNATURE):
+        raise ValueError("not a binary COPY stream")
+    (extension,) = _LENGTH.unpack_from(data, len(SIGNATURE) + 4)
+    return data[len(SIGNATURE) + 8 + extension :]
 
-    return tuple_row(cursor)
+
+def parse_rows(data: bytes) -> Iterator[tuple[Any, ...]]:
+    """Rows back from ``copy_rows``' tuples: (id, version, user_prompt, request, response,
+    corrected_response), the prompt as ``str`` and the JSON columns as UTF-8 ``bytes``
+    (orjson reads them as they are), NULL as None."""
+    keys, length = _KEYS.unpack_from, _LENGTH.unpack_from
+    pos, end = 0, len(data)
+    while pos < end:
+        fields, id_size, row_id, version_size, version = keys(data, pos)
+        if id_size != 8 or version_size != 8:
+            raise ValueError("export rows must start with two bigint columns")
+        pos += _KEYS.size
+        row: list[Any] = [row_id, version]
+        for _ in range(fields - 2):
+            (size,) = length(data, pos)
+            pos += 4
+            if size < 0:
+                row.append(None)
+            else:
+                row.append(data[pos : pos + size])
+                pos += size
+        row[2] = row[2].decode()
+        yield tuple(row)
+    if pos != end:
+        raise ValueError("a binary COPY row ends past its chunk")
 
 
 def find_dataset(
@@ -71,16 +117,19 @@ def find_dataset(
     return int(row["id"]) if row else None
 
 
-def record_dataset(
-    conn: Connection, fields: dict[str, Any], lineage: Iterator[tuple[int, int, str, int]]
-) -> int:
+def record_dataset(conn: Connection, fields: dict[str, Any], lineage: Iterable[Lineage]) -> int:
     """Insert the dataset and one dataset_row per example, in the caller's transaction."""
     row = conn.execute(
         queries.get("insert_dataset"), {**fields, "manifest": Jsonb(fields["manifest"])}
     ).fetchone()
     assert row is not None
     dataset_id: int = row["id"]
+    # COPY text written in blocks: about 1.1 µs a row of our CPU against write_row's 1.8.
+    # Nothing here needs escaping: numbers, a checked namespace name, a split name.
     with conn.cursor() as cur, cur.copy(queries.get("copy_dataset_rows")) as copy:
-        for row_id, version, split, tokens in lineage:
-            copy.write_row((dataset_id, fields["namespace"], row_id, version, split, tokens))
+        for split, ids, versions, counts in lineage:
+            prefix = f"{dataset_id}\t{fields['namespace']}\t"
+            rows = zip(ids, versions, counts, strict=True)
+            while block := list(itertools.islice(rows, 50_000)):
+                copy.write("".join(f"{prefix}{i}\t{v}\t{split}\t{n}\n" for i, v, n in block))
     return dataset_id

@@ -2,7 +2,8 @@
 
 The revisions live in the repository's ``alembic/`` folder (packaged as
 ``curation/_alembic`` in a wheel). Commands that need the schema call
-``check_current`` and are told ``run: curation db upgrade`` when behind.
+``check_current`` (from ``revision``, which needs no alembic) and are told
+``run: curation db upgrade`` when behind.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import psycopg
 import sqlalchemy
@@ -20,15 +20,18 @@ from alembic.util import CommandError
 
 from alembic import command
 from curation.db.connect import unavailable
-from curation.errors import CurationError, InvalidInput, SchemaOutdated
+from curation.db.revision import check_current, head, script_location
+from curation.errors import CurationError, InvalidInput
 
-
-def script_location() -> Path:
-    package = Path(__file__).resolve().parent.parent
-    for candidate in (package / "_alembic", package.parent / "alembic"):
-        if (candidate / "env.py").exists():
-            return candidate
-    raise RuntimeError("alembic migrations not found next to the curation package")
+__all__ = [
+    "check_current",
+    "current",
+    "downgrade",
+    "head",
+    "revisions",
+    "script_location",
+    "upgrade",
+]
 
 
 @functools.cache
@@ -42,10 +45,9 @@ def _config() -> Config:
     return cfg
 
 
-def head() -> str:
-    rev = _script().get_current_head()
-    assert rev is not None
-    return rev
+def revisions() -> list[str]:
+    """Every revision, oldest first (the chain ``upgrade`` walks)."""
+    return [s.revision for s in reversed(list(_script().walk_revisions()))]
 
 
 @contextmanager
@@ -105,18 +107,3 @@ def _current(conn: sqlalchemy.Connection) -> str | None:
         return None
     value = conn.execute(sqlalchemy.text("SELECT version_num FROM alembic_version")).scalar()
     return str(value) if value is not None else None
-
-
-def check_current(conn: psycopg.Connection[dict[str, object]]) -> None:
-    """Raise SchemaOutdated unless the database is at the head revision."""
-    row = conn.execute("SELECT to_regclass('alembic_version') IS NOT NULL AS ok").fetchone()
-    rev = None
-    if row and row["ok"]:
-        got = conn.execute("SELECT version_num FROM alembic_version").fetchone()
-        rev = str(got["version_num"]) if got else None
-    if rev != head():
-        have = rev or "empty"
-        raise SchemaOutdated(
-            f"the database schema is at {have}, this curation needs {head()}; "
-            "run: curation db upgrade"
-        )

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from curation import names
 from curation.db import queries
-from curation.db.connect import Connection
 from curation.errors import NotFound
 
+if TYPE_CHECKING:  # psycopg itself is imported with the first query, not for `curation --help`
+    from curation.db.connect import Connection
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, kw_only=True)
 class Namespace:
     name: str
     training_system_prompt: str | None
@@ -98,3 +100,27 @@ def update(
     }
     conn.execute(queries.get("update_namespace"), params)
     return get(conn, name)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromptUse:
+    """A production system prompt and how much of a namespace's traffic carried it."""
+
+    system_prompt: str
+    rows: int
+    calls: int
+    rows_with_a_prompt: int
+    distinct_prompts: int
+    model: str | None  # the model that most often answered it
+
+
+def common_system_prompt(conn: Connection, name: str) -> PromptUse | None:
+    """The most common production system prompt (by calls); None if no row carries one."""
+    get(conn, name)
+    row = conn.execute(queries.get("common_system_prompt"), {"name": name}).fetchone()
+    if row is None:
+        return None
+    counts = ("rows", "calls", "rows_with_a_prompt", "distinct_prompts")
+    return PromptUse(
+        system_prompt=row["system_prompt"], model=row["model"], **{k: int(row[k]) for k in counts}
+    )

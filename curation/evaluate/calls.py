@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from curation.export import examples
+from curation.export import examples, responses
 
 # request fields that describe this call's transport, not the task
 DROPPED = frozenset(
@@ -41,6 +41,12 @@ class Routed:
 
 def is_student(model: str, short: bool) -> bool:
     return short or model.startswith("ft:")
+
+
+def chat_form(recorded: dict[str, Any], api: str) -> dict[str, Any]:
+    """A recorded request as the chat request it amounts to: a Responses API call
+    converted (``NotChat`` when it has no chat form), a chat call as it is."""
+    return responses.chat_request(recorded) if api == "responses" else recorded
 
 
 def request_for(

@@ -12,6 +12,7 @@ from curation.db import evals as db
 from curation.db.connect import Connection
 from curation.errors import UpstreamError
 from curation.evaluate import calls
+from curation.export.responses import NotChat
 from curation.jobs.provider import Provider
 
 
@@ -33,7 +34,11 @@ def relabel(
     rows = db.relabel_rows(conn, namespace, ids, limit)
 
     def one(row: dict[str, Any]) -> tuple[int, dict[str, Any] | None, str | None]:
-        request = calls.request_for(model, orjson.loads(row["request"]), None, student=False)
+        try:
+            recorded = calls.chat_form(orjson.loads(row["request"]), row["api"])
+        except NotChat as exc:
+            return row["id"], None, str(exc)
+        request = calls.request_for(model, recorded, None, student=False)
         try:
             message, _, _ = provider.chat(**request)
         except UpstreamError as exc:

@@ -24,7 +24,7 @@ from curation.evaluate import calls, compare, summary
 from curation.export import examples
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EvalRequest:
     namespace: str
     models: Sequence[str]
@@ -54,9 +54,8 @@ def evaluate(
     ns = namespaces.get(conn, req.namespace)
     comparator = compare.resolve(req.compare)
     ids, dataset_id = _row_choice(conn, req)
-    sources = [
-        _source(r) for r in db.eval_rows(conn, req.namespace, ids=ids, dataset_id=dataset_id)
-    ]
+    rows = db.eval_rows(conn, req.namespace, ids=ids, dataset_id=dataset_id)
+    sources = [s for s in map(_source, rows) if s is not None]
     if not sources:
         raise NotFound(
             f"no rows to evaluate in {req.namespace} ({req.rows}); include rows, or pick others with --rows"
@@ -70,18 +69,18 @@ def evaluate(
         try:
             message, usage, latency = provider.chat(**request)
         except UpstreamError as exc:
-            result = summary.Result(source.id, model, None, error=str(exc))
+            result = summary.Result(row_id=source.id, model=model, matched=None, error=str(exc))
         else:
             actual = calls.answer_text(message)
             result = summary.Result(
-                source.id,
-                model,
-                comparator(calls.expected_text(source), actual),
-                actual,
-                None,
-                latency,
-                usage.get("prompt_tokens"),
-                usage.get("completion_tokens"),
+                row_id=source.id,
+                model=model,
+                matched=comparator(calls.expected_text(source), actual),
+                answer=actual,
+                error=None,
+                latency_ms=latency,
+                prompt_tokens=usage.get("prompt_tokens"),
+                completion_tokens=usage.get("completion_tokens"),
             )
         return result
 
@@ -144,8 +143,10 @@ def _row_choice(conn: Connection, req: EvalRequest) -> tuple[list[int] | None, i
         ) from exc
 
 
-def _source(row: dict[str, Any]) -> examples.SourceRow:
-    return examples.SourceRow(
+def _source(row: dict[str, Any]) -> examples.SourceRow | None:
+    """The row as the chat row it amounts to (a Responses row converted); None for one
+    with no chat form, which export skips too."""
+    source = examples.SourceRow(
         id=row["id"],
         version=row["version"],
         user_prompt=row["user_prompt"],
@@ -155,3 +156,7 @@ def _source(row: dict[str, Any]) -> examples.SourceRow:
         if row["corrected_response"]
         else None,
     )
+    try:
+        return examples.as_chat(source)
+    except examples.Skip:
+        return None

@@ -9,7 +9,7 @@ from curation.errors import InvalidInput
 from curation.export import models
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Result:
     row_id: int
     model: str
@@ -21,7 +21,7 @@ class Result:
     completion_tokens: int | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ModelSummary:
     model: str
     calls: int = 0
@@ -45,7 +45,7 @@ def summarise(
 ) -> list[dict[str, Any]]:
     by_model: dict[str, ModelSummary] = {}
     for r in results:
-        s = by_model.setdefault(r.model, ModelSummary(r.model))
+        s = by_model.setdefault(r.model, ModelSummary(model=r.model))
         s.calls += 1
         if r.matched is None:
             s.errors += 1

@@ -7,11 +7,12 @@ the short one, so that is what it must learn from.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from curation.capture.prompt import SYSTEM_ROLES, role
 from curation.capture.shape import arr, obj
+from curation.export import responses
 
 ASSISTANT_KEYS = ("content", "tool_calls", "refusal", "function_call")
 
@@ -106,7 +107,19 @@ def _message(message: Any) -> dict[str, Any]:
     return message
 
 
+def as_chat(row: SourceRow) -> SourceRow:
+    """A Responses API row as the chat row it amounts to (export/responses.py); others as is."""
+    if not responses.is_row(row.response):
+        return row
+    try:
+        request, response = responses.as_chat(row.request, row.response)
+    except responses.NotChat as exc:
+        raise Skip(str(exc)) from exc
+    return replace(row, request=request, response=response)
+
+
 def chat_example(row: SourceRow, system_prompt: str | None) -> dict[str, Any]:
+    row = as_chat(row)
     example: dict[str, Any] = {"messages": [*conversation(row.request, system_prompt), answer(row)]}
     if row.request.get("tools"):
         example["tools"] = row.request["tools"]
@@ -117,6 +130,7 @@ def chat_example(row: SourceRow, system_prompt: str | None) -> dict[str, Any]:
 
 def preference_pair(row: SourceRow, system_prompt: str | None) -> dict[str, Any]:
     """OpenAI's DPO format: the correction preferred over the original answer."""
+    row = as_chat(row)
     if row.corrected_response is None:
         raise Skip("no correction, so no preference pair")
     preferred, original = answer(row), recorded_answer(row.response)

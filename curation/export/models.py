@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +89,8 @@ def base_model(name: str) -> str:
 
 @functools.cache
 def _registry(path: Path | None) -> dict[str, Any]:
+    from importlib import resources  # it imports tempfile, shutil: not for `curation --help`
+
     data: dict[str, Any] = json.loads(
         resources.files("curation.data").joinpath("models.json").read_text()
     )

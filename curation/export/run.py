@@ -1,10 +1,12 @@
 """Export a namespace's curated rows as training files plus a manifest.
 
-Rows stream from a server-side cursor; each becomes an example (short
-system prompt, conversation, curated answer), is validated and counted, and
-goes to train or validation by its prompt's hash. Files are written under
-temporary names and renamed, so a crash never leaves half a file; the
-dataset and its exact row versions are recorded in the same transaction.
+Rows stream from a binary COPY, in chunks of raw rows that worker processes
+parse and turn into examples (short system prompt, conversation, curated
+answer), validated and counted; each goes to train or validation by its
+prompt's hash, in row order, so the files are the same however many workers.
+Files are written under temporary names and renamed, so a crash never leaves
+half a file; the dataset and its exact row versions are recorded in the same
+transaction.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +36,7 @@ MIN_EXAMPLES = 10  # OpenAI refuses fewer
 WARN_EXAMPLES = 50  # fewer rarely helps
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ExportRequest:
     namespace: str
     out_dir: Path
@@ -48,7 +50,7 @@ class ExportRequest:
     workers: int | None = None  # processes for large exports (None: up to 4, one per CPU)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class _Split:
     name: str
     path: Path
@@ -61,14 +63,14 @@ class _Split:
     versions: array[int] = field(default_factory=lambda: array("q"))
     counts: array[int] = field(default_factory=lambda: array("q"))
 
-    def add(self, line: bytes, row_id: int, version: int, n_tokens: int) -> None:
-        self.file.write(line)
-        self.sha.update(line)
-        self.examples += 1
-        self.tokens += n_tokens
-        self.ids.append(row_id)
-        self.versions.append(version)
-        self.counts.append(n_tokens)
+    def add(self, part: _Part) -> None:
+        self.file.write(part.lines)
+        self.sha.update(part.lines)
+        self.examples += len(part.ids)
+        self.tokens += part.tokens
+        self.ids.extend(part.ids)
+        self.versions.extend(part.versions)
+        self.counts.extend(part.counts)
 
 
 @dataclass(frozen=True)
@@ -123,18 +125,15 @@ def _write(
     skipped: list[dict[str, Any]] = []
     seen = longest = 0
     try:
-        for outcome in _outcomes(db.iter_rows(conn, req.namespace, req.filters), req, info):
-            seen += 1
-            if on_row and seen % 1000 == 0:
-                on_row(1000)
-            if outcome.line is None:
-                skipped.append({"id": outcome.row_id, "reason": outcome.reason})
-                continue
-            longest = max(longest, outcome.longest)
-            target = valid if outcome.validation else train
-            target.add(outcome.line, outcome.row_id, outcome.version, outcome.tokens)
-        if on_row:
-            on_row(seen % 1000)
+        rows = db.copy_rows(conn, req.namespace, req.filters)
+        for chunk in _chunks(rows, req, info):
+            seen += chunk.rows
+            if on_row:
+                on_row(chunk.rows)
+            skipped += ({"id": row_id, "reason": reason} for row_id, reason in chunk.skipped)
+            longest = max(longest, chunk.longest)
+            train.add(chunk.train)
+            valid.add(chunk.validation)
     except BaseException:
         for s in (train, valid):
             s.file.close()
@@ -156,77 +155,118 @@ def _write(
     return ExportResult(manifest, dataset_id, train.path, valid.path if valid.examples else None)
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """One row's fate: a JSONL line for a split, or the reason it was skipped."""
+class Chunk:
+    """The outcome of a run of rows, in row order: the lines for each split (with the
+    ids, versions and token counts the manifest needs) and the skipped rows. A
+    worker returns one per chunk; it pickles as a few byte strings, not row objects."""
 
-    row_id: int
-    version: int
-    line: bytes | None
-    tokens: int = 0
-    validation: bool = False
-    reason: str = ""
-    longest: int = 0  # its longest sequence: a preference pair has two
+    def __init__(self) -> None:
+        self.rows = 0
+        self.longest = 0
+        self.skipped: list[tuple[int, str]] = []
+        self.train, self.validation = _Part(), _Part()
+
+    def add(
+        self, row_id: int, version: int, line: bytes, n: tokens.Count, validation: bool
+    ) -> None:
+        (self.validation if validation else self.train).add(row_id, version, line, n.total)
+        if n.longest > self.longest:
+            self.longest = n.longest
+
+    def skip(self, row_id: int, reason: str) -> None:
+        self.skipped.append((row_id, reason))
 
 
-def process(row: tuple[Any, ...], req: ExportRequest, info: models.ModelInfo) -> Outcome:
+class _Part:
+    def __init__(self) -> None:
+        self.lines = bytearray()
+        self.ids, self.versions, self.counts = array("q"), array("q"), array("q")
+        self.tokens = 0
+
+    def add(self, row_id: int, version: int, line: bytes, n_tokens: int) -> None:
+        self.lines += line
+        self.ids.append(row_id)
+        self.versions.append(version)
+        self.counts.append(n_tokens)
+        self.tokens += n_tokens
+
+
+def process(row: tuple[Any, ...], req: ExportRequest, info: models.ModelInfo, into: Chunk) -> None:
     """Build, validate and count one row's example. Pure but for the tokenizer's tables."""
+    into.rows += 1
     try:
-        source, example = _example(row, req)
-        n = tokens.count(example, info)
+        source, example, plain = _example(row, req)
+        if plain and info.encoding:
+            k = tokens.count_plain(example["messages"], info.encoding)
+            n = tokens.Count(k, k)
+        else:
+            n = tokens.count(example, info)
         validate.check_length(n.longest, info.max_example_tokens, info.name)
     except (examples.Skip, validate.Invalid, ValueError, KeyError, TypeError) as exc:
-        return Outcome(row[0], row[1], None, reason=str(exc))
+        into.skip(row[0], str(exc))
+        return
     validation = split.is_validation(source.user_prompt, req.validation_fraction)
-    return Outcome(
-        source.id,
-        source.version,
-        orjson.dumps(example) + b"\n",
-        n.total,
-        validation,
-        longest=n.longest,
-    )
+    line = orjson.dumps(example, option=orjson.OPT_APPEND_NEWLINE)
+    into.add(source.id, source.version, line, n, validation)
 
 
-def process_chunk(
-    rows: list[tuple[Any, ...]], req: ExportRequest, info: models.ModelInfo
-) -> list[Outcome]:
-    return [process(row, req, info) for row in rows]
+def process_chunk(data: bytes, req: ExportRequest, info: models.ModelInfo) -> Chunk:
+    """Rows as ``db.copy_rows`` sent them (concatenated) -> their outcome."""
+    chunk = Chunk()
+    for row in db.parse_rows(data):
+        process(row, req, info, chunk)
+    return chunk
 
 
-INLINE_ROWS = 5000  # smaller exports never pay for starting worker processes
+INLINE_ROWS = 20_000  # done here while the workers start: smaller exports finish first
 CHUNK_ROWS = 1000
 
 
-def _outcomes(
-    rows: Iterator[tuple[Any, ...]], req: ExportRequest, info: models.ModelInfo
-) -> Iterator[Outcome]:
-    """Every row's outcome, in row order. Past INLINE_ROWS the work spreads over
-    worker processes; at most two chunks per worker are in flight, so memory
-    stays flat, and results are taken in order, so files are deterministic."""
+def _chunks(rows: Iterator[bytes], req: ExportRequest, info: models.ModelInfo) -> Iterator[Chunk]:
+    """Every chunk's outcome, in row order. The first INLINE_ROWS rows are done here,
+    the rest in worker processes. Those start (loading the tokenizer takes a second)
+    once a quarter of INLINE_ROWS is done, so exports smaller than that never start
+    them and larger ones overlap their start with the inline work. At most two chunks
+    per worker are in flight, so memory stays flat, and results are taken in order,
+    so files are deterministic."""
     workers = req.workers if req.workers is not None else min(4, os.cpu_count() or 1)
-    for _ in range(INLINE_ROWS if workers > 1 else -1):
-        row = next(rows, None)
-        if row is None:
-            return
-        yield process(row, req, info)
-    if workers <= 1:
-        yield from (process(row, req, info) for row in rows)
-        return
+    inline = 0
+    with ExitStack() as stack:
+        pool: ProcessPoolExecutor | None = None
+        pending: deque[Future[Chunk]] = deque()
+        while data := _take(rows):
+            if pool is None and workers > 1 and inline >= INLINE_ROWS // 4:
+                pool = stack.enter_context(_pool(workers, info))
+            if pool is None or inline < INLINE_ROWS:
+                chunk = process_chunk(data, req, info)
+                inline += chunk.rows
+                yield chunk
+                continue
+            pending.append(pool.submit(process_chunk, data, req, info))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _pool(workers: int, info: models.ModelInfo) -> ProcessPoolExecutor:
+    """Worker processes, each told at once to load the tokenizer (about a second)."""
     # spawn, not fork: a forked child could close the parent's PostgreSQL socket at exit
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pending: deque[Future[list[Outcome]]] = deque()
-        while True:
-            chunk = list(itertools.islice(rows, CHUNK_ROWS))
-            if chunk:
-                pending.append(pool.submit(process_chunk, chunk, req, info))
-            if pending and (len(pending) >= 2 * workers or not chunk):
-                yield from pending.popleft().result()
-            elif not chunk:
-                return
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    for _ in range(workers):
+        pool.submit(tokens.prepare, info)
+    return pool
 
 
-def _example(row: tuple[Any, ...], req: ExportRequest) -> tuple[examples.SourceRow, dict[str, Any]]:
+def _take(rows: Iterator[bytes]) -> bytes:
+    """The next CHUNK_ROWS rows, as one byte string (empty at the end)."""
+    return b"".join(itertools.islice(rows, CHUNK_ROWS))
+
+
+def _example(
+    row: tuple[Any, ...], req: ExportRequest
+) -> tuple[examples.SourceRow, dict[str, Any], bool]:
+    """The row's example, validated; True with it when it is plain (see ``_plain``)."""
     row_id, version, user_prompt, request, response, corrected = row
     source = examples.SourceRow(
         id=row_id,
@@ -239,10 +279,34 @@ def _example(row: tuple[Any, ...], req: ExportRequest) -> tuple[examples.SourceR
     if req.format == "dpo":
         pair = examples.preference_pair(source, req.system_prompt)
         validate.check_preference(pair)
-        return source, pair
+        return source, pair, False
     example = examples.chat_example(source, req.system_prompt)
-    validate.check_chat(example)
-    return source, example
+    plain = _plain(example)
+    if not plain:
+        validate.check_chat(example)
+    return source, example, plain
+
+
+_PLAIN_ROLES = frozenset({"system", "user", "assistant"})
+
+
+def _plain(example: dict[str, Any]) -> bool:
+    """True for an example that every check of ``validate.check_chat`` passes, seen in
+    one quick pass: only messages {role: system/user/assistant, content: non-empty
+    text}, the answer last, nothing beside the messages. Anything else (tools, names,
+    parts, tool calls) gets the full check."""
+    messages = example.get("messages")
+    if len(example) != 1 or type(messages) is not list or not messages:
+        return False
+    for message in messages:
+        if type(message) is not dict or len(message) != 2:
+            return False
+        role, content = message.get("role"), message.get("content")
+        if type(role) is not str or role not in _PLAIN_ROLES or type(content) is not str:
+            return False
+        if not content:
+            return False
+    return bool(messages[-1]["role"] == "assistant")
 
 
 def _open_split(out_dir: Path, name: str) -> _Split:
@@ -273,6 +337,8 @@ def _manifest(
         )
     elif train.examples < WARN_EXAMPLES:
         warnings.append(f"{train.examples} training examples: 50-100 good ones usually help more")
+    if req.system_prompt is None:
+        warnings.append(missing_prompt_warning(req.namespace))
     return {
         "namespace": req.namespace,
         "format": req.format,
@@ -324,6 +390,16 @@ def _manifest(
     }
 
 
+def missing_prompt_warning(namespace: str) -> str:
+    """Said whenever examples carry no system message: the fine-tuned model would then be
+    trained for calls without the short prompt it is meant to be called with."""
+    return (
+        f"no training system prompt for {namespace}: the examples carry no system message; "
+        f"set the short prompt the model will be called with: curation ns set {namespace} "
+        f"--system-prompt '...' (a start: curation ns suggest-prompt {namespace})"
+    )
+
+
 def _dataset_fields(
     req: ExportRequest,
     info: models.ModelInfo,
@@ -349,10 +425,9 @@ def _dataset_fields(
     }
 
 
-def _lineage(*splits: _Split) -> Iterator[tuple[int, int, str, int]]:
+def _lineage(*splits: _Split) -> Iterator[db.Lineage]:
     for s in splits:
-        for i in range(s.examples):
-            yield s.ids[i], s.versions[i], s.name, s.counts[i]
+        yield s.name, s.ids, s.versions, s.counts
 
 
 def _finish(train: _Split, valid: _Split, manifest: dict[str, Any], out_dir: Path) -> None:

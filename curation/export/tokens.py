@@ -20,8 +20,10 @@ lazily, and only for such models: exporting for OpenAI never loads it.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import tiktoken
@@ -42,9 +44,32 @@ def encoding(name: str) -> tiktoken.Encoding:
         return tiktoken.get_encoding(name)
     except Exception as exc:  # tiktoken raises whatever its download raised
         raise CurationError(
-            f"cannot load the tiktoken encoding {name} ({type(exc).__name__}); tiktoken downloads it on "
-            "first use: allow that, or set TIKTOKEN_CACHE_DIR to a folder holding the file (README: Running offline)"
+            f"cannot load the tiktoken encoding {name} ({type(exc).__name__}): tiktoken downloads "
+            f"it on first use; {offline_hint(name)}"
         ) from exc
+
+
+BLOB = "https://openaipublic.blob.core.windows.net/encodings/{}.tiktoken"
+# where a copy often sits: the shared folder beside a clone (as the Makefile and CI use it)
+KNOWN_FOLDERS = (Path(__file__).resolve().parents[2].parent / "shared" / "tiktoken",)
+
+
+def cache_file(name: str) -> str:
+    """The file name tiktoken looks for in TIKTOKEN_CACHE_DIR: the sha1 of its download URL."""
+    return hashlib.sha1(BLOB.format(name).encode()).hexdigest()
+
+
+def offline_hint(name: str) -> str:
+    """What to run so ``name`` loads offline: a line to paste, with a real folder if one
+    holding the file is known, else the download to make elsewhere first."""
+    file = cache_file(name)
+    for folder in KNOWN_FOLDERS:
+        if (folder / file).is_file():
+            return f"a copy is in {folder}; run: export TIKTOKEN_CACHE_DIR={folder}"
+    return (
+        f"offline, download {BLOB.format(name)} elsewhere, save it as {file} in a folder here, "
+        "and run: export TIKTOKEN_CACHE_DIR=/path/to/tiktoken (README: Running offline)"
+    )
 
 
 def _text(value: Any) -> str:
@@ -55,25 +80,41 @@ def _text(value: Any) -> str:
     )
 
 
-_MEMO: dict[tuple[str, str], int] = {}
+_MEMO: dict[str, dict[str, int]] = {}  # encoding -> text -> tokens
 _MEMO_MAX = 10_000
+
+
+def _remembered(encoding_name: str) -> dict[str, int]:
+    memo = _MEMO.get(encoding_name)
+    if memo is None or len(memo) >= _MEMO_MAX:
+        memo = _MEMO[encoding_name] = {}
+    return memo
 
 
 def count_text(text: str, encoding_name: str, *, repeated: bool = False) -> int:
     """Tokens of ``text``; ``repeated`` texts (roles, the training prompt, tool
     schemas) are remembered, since every example carries the same ones."""
     if repeated:
-        key = (encoding_name, text)
-        found = _MEMO.get(key)
+        memo = _remembered(encoding_name)
+        found = memo.get(text)
         if found is None:
-            if len(_MEMO) >= _MEMO_MAX:
-                _MEMO.clear()
-            found = _MEMO[key] = len(encoding(encoding_name).encode_ordinary(text))
+            found = memo[text] = len(encoding(encoding_name).encode_ordinary(text))
         return found
     return len(encoding(encoding_name).encode_ordinary(text))
 
 
+def count_prompt(text: str, info: ModelInfo) -> int:
+    """Tokens of a bare text (a prompt to shorten) as ``info``'s tokenizer splits it."""
+    if info.encoding:
+        return count_text(text, info.encoding)
+    return len(hf_tokenizer(info).encode(text, add_special_tokens=False))
+
+
 def count_messages(messages: list[dict[str, Any]], encoding_name: str) -> int:
+    """The cookbook's formula. The hot loop of an export: a role or a system
+    message's text is looked up, anything else is encoded."""
+    encode = encoding(encoding_name).encode_ordinary
+    memo = _remembered(encoding_name)
     total = REPLY_PRIMING
     for message in messages:
         total += TOKENS_PER_MESSAGE
@@ -81,10 +122,38 @@ def count_messages(messages: list[dict[str, Any]], encoding_name: str) -> int:
         for key, value in message.items():
             if value is None or key == "weight":
                 continue
-            repeated = key == "role" or role == "system"
-            total += count_text(_text(value), encoding_name, repeated=repeated)
+            text = value if isinstance(value, str) else _text(value)
+            if key == "role" or role == "system":
+                n = memo.get(text)
+                if n is None:
+                    n = memo[text] = len(encode(text))
+            else:
+                n = len(encode(text))
+            total += n
             if key == "name":
                 total += TOKENS_PER_NAME
+    return total
+
+
+def count_plain(messages: list[dict[str, str]], encoding_name: str) -> int:
+    """``count_messages`` for messages that are only {role, content} text (what
+    ``export.run`` checks first): the same formula, without looking at keys."""
+    encode = encoding(encoding_name).encode_ordinary
+    memo = _remembered(encoding_name)
+    total = REPLY_PRIMING + TOKENS_PER_MESSAGE * len(messages)
+    for message in messages:
+        role, content = message["role"], message["content"]
+        n = memo.get(role)
+        if n is None:
+            n = memo[role] = len(encode(role))
+        total += n
+        if role == "system":
+            n = memo.get(content)
+            if n is None:
+                n = memo[content] = len(encode(content))
+            total += n
+        else:
+            total += len(encode(content))
     return total
 
 

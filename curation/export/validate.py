@@ -61,7 +61,7 @@ def _check_message(i: int, message: Any) -> None:
         extra = sorted(set(message) - MESSAGE_KEYS)
         raise Invalid("message_unrecognized_key", f"message {i} has {', '.join(extra)}")
     role = message["role"]
-    if role not in ROLES:
+    if not isinstance(role, str) or role not in ROLES:
         raise Invalid("unrecognized_role", f"message {i} has role {role!r}")
     content = message.get("content")
     has_calls = bool(message.get("tool_calls") or message.get("function_call"))
@@ -73,7 +73,10 @@ def _check_message(i: int, message: Any) -> None:
         raise Invalid(
             "invalid_weight", f"message {i}: weight is 0 or 1, on assistant messages only"
         )
-    for call in message.get("tool_calls") or []:
+    calls = message.get("tool_calls") or []
+    if not isinstance(calls, list):
+        raise Invalid("invalid_tool_call", f"message {i}: tool_calls is not a list")
+    for call in calls:
         if not _is_tool_call(call):
             raise Invalid(
                 "invalid_tool_call",

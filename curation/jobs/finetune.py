@@ -16,6 +16,7 @@ from typing import Any
 
 from curation.db import jobs
 from curation.db.connect import Connection
+from curation.db.jobs import Job, JobStatus
 from curation.errors import Conflict, TooFewExamples, UpstreamError
 from curation.export.run import MIN_EXAMPLES, ExportResult
 from curation.jobs.backends import TERMINAL, Backend, JobEvent, JobSpec, RemoteJob
@@ -37,7 +38,7 @@ class SubmitOptions:
 
 def submit(
     conn: Connection, backend: Backend, export: ExportResult, opts: SubmitOptions
-) -> dict[str, Any]:
+) -> Job:
     """Record the job, upload its files, and create it at ``backend``."""
     check_size(export, opts.namespace)
     manifest = export.manifest
@@ -56,10 +57,11 @@ def submit(
         backend=backend.name,
     )
     job = upload(conn, backend, job, export)
+    assert job.training_file_id is not None  # upload() recorded it or raised
     spec = JobSpec(
         base_model=base_model,
-        training_file=job["training_file_id"],
-        validation_file=job["validation_file_id"],
+        training_file=job.training_file_id,
+        validation_file=job.validation_file_id,
         method=opts.method,
         epochs=epochs,
         suffix=opts.suffix or opts.namespace,
@@ -70,17 +72,17 @@ def submit(
             "dataset_sha256": export.sha256,
             "dataset_id": str(export.dataset_id),
         },
-        local_job_id=job["id"],
+        local_job_id=job.id,
     )
     try:
         remote = backend.submit(spec)
     except UpstreamError as exc:
-        jobs.update(conn, job["id"], status="create_failed", error=str(exc))
+        jobs.update(conn, job.id, status=JobStatus.CREATE_FAILED, error=str(exc))
         raise
     if backend.name in SELF_RECORDING:  # its worker may be running it already
-        return jobs.update(conn, job["id"], provider_job_id=remote.id)
+        return jobs.update(conn, job.id, provider_job_id=remote.id)
     return jobs.update(
-        conn, job["id"], provider_job_id=remote.id, status=remote.status, clear_error=True
+        conn, job.id, provider_job_id=remote.id, status=remote.status, clear_error=True
     )
 
 
@@ -94,36 +96,36 @@ def check_size(export: ExportResult, namespace: str) -> None:
 
 
 def upload(
-    conn: Connection, backend: Backend, job: dict[str, Any], export: ExportResult
-) -> dict[str, Any]:
+    conn: Connection, backend: Backend, job: Job, export: ExportResult
+) -> Job:
     """Upload what this job has not uploaded yet; each reference is recorded at once."""
     try:
-        if not job["training_file_id"]:
-            job = jobs.update(conn, job["id"], training_file_id=backend.upload(export.train_path))
-        if export.validation_path is not None and not job["validation_file_id"]:
+        if not job.training_file_id:
+            job = jobs.update(conn, job.id, training_file_id=backend.upload(export.train_path))
+        if export.validation_path is not None and not job.validation_file_id:
             valid_id = backend.upload(export.validation_path)
-            job = jobs.update(conn, job["id"], validation_file_id=valid_id)
+            job = jobs.update(conn, job.id, validation_file_id=valid_id)
     except UpstreamError as exc:
-        jobs.update(conn, job["id"], status="upload_failed", error=str(exc))
+        jobs.update(conn, job.id, status=JobStatus.UPLOAD_FAILED, error=str(exc))
         raise
     return job
 
 
-def refresh(conn: Connection, backend: Backend, job: dict[str, Any]) -> dict[str, Any]:
+def refresh(conn: Connection, backend: Backend, job: Job) -> Job:
     """Bring the local record up to date with the backend's."""
-    if not job["provider_job_id"]:
+    if not job.provider_job_id:
         return job
-    return record(conn, backend, job, backend.status(job["provider_job_id"]))
+    return record(conn, backend, job, backend.status(job.provider_job_id))
 
 
 def record(
-    conn: Connection, backend: Backend, job: dict[str, Any], remote: RemoteJob
-) -> dict[str, Any]:
+    conn: Connection, backend: Backend, job: Job, remote: RemoteJob
+) -> Job:
     if backend.name in SELF_RECORDING:
-        return jobs.get(conn, str(job["id"]))
+        return jobs.get(conn, str(job.id))
     return jobs.update(
         conn,
-        job["id"],
+        job.id,
         status=remote.status,
         fine_tuned_model=remote.model,
         result_location=remote.result_location,
@@ -135,33 +137,34 @@ def record(
 def wait(
     conn: Connection,
     backend: Backend,
-    job: dict[str, Any],
+    job: Job,
     *,
     interval: float = 5.0,
     max_interval: float = 60.0,
     on_event: Callable[[JobEvent], None] | None = None,
-) -> dict[str, Any]:
+) -> Job:
     """Poll with backoff until the job ends; show each new event once."""
-    if not job["provider_job_id"]:
+    reference = job.provider_job_id
+    if not reference:
         raise Conflict(
-            f"job {job['id']} never reached the {backend.name} backend ({job['status']}): "
+            f"job {job.id} never reached the {backend.name} backend ({job.status}): "
             "submit it again"
         )
     shown: set[str] = set()
     while True:
         job = refresh(conn, backend, job)
-        for event in backend.events(job["provider_job_id"]):
+        for event in backend.events(reference):
             if event.id not in shown:
                 shown.add(event.id)
                 if on_event:
                     on_event(event)
-        if job["status"] in TERMINAL:
+        if job.status in TERMINAL:
             return job
         time.sleep(interval)
         interval = min(interval * 1.5, max_interval)
 
 
-def cancel(conn: Connection, backend: Backend, job: dict[str, Any]) -> dict[str, Any]:
-    if not job["provider_job_id"]:
-        return jobs.update(conn, job["id"], status="cancelled")
-    return record(conn, backend, job, backend.cancel(job["provider_job_id"]))
+def cancel(conn: Connection, backend: Backend, job: Job) -> Job:
+    if not job.provider_job_id:
+        return jobs.update(conn, job.id, status=JobStatus.CANCELLED)
+    return record(conn, backend, job, backend.cancel(job.provider_job_id))

@@ -25,16 +25,17 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from curation.errors import Conflict, CurationError, InvalidInput, NotFound
+
+if TYPE_CHECKING:
+    from curation.db.jobs import Job
 
 ENGINES = ("auto", "vllm", "transformers", "builtin")
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
@@ -96,25 +97,25 @@ class Student:
             return 8
 
     @classmethod
-    def of_job(cls, job: Mapping[str, Any]) -> Student:
+    def of_job(cls, job: Job) -> Student:
         """The job's student, or the one-line reason it cannot be started here."""
-        job_id, backend = int(job["id"]), str(job.get("backend") or "openai")
-        model = job.get("fine_tuned_model")
+        job_id, backend = job.id, job.backend or "openai"
+        model = job.fine_tuned_model
         if backend != "local":
             if not model:
                 raise Conflict(f"job {job_id} ({backend}) has no model yet: wait for it to succeed")
             raise Conflict(
                 f"job {job_id} was trained by {backend}, which serves it as {model}: point a "
                 f"namespace at it with curation serve NS --model {model} --endpoint "
-                f"{job.get('result_location') or 'URL'} --endpoint-key-env "
+                f"{job.result_location or 'URL'} --endpoint-key-env "
                 f"{KEY_VARS.get(backend, 'VAR')}"
             )
-        if job.get("status") != "succeeded":
+        if job.status != "succeeded":
             raise Conflict(
-                f"job {job_id} is {job.get('status')}: only a succeeded job has an adapter to "
+                f"job {job_id} is {job.status}: only a succeeded job has an adapter to "
                 f"serve; see: curation finetune status {job_id}"
             )
-        adapter = Path(str(job.get("result_location") or ""))
+        adapter = Path(job.result_location or "")
         if not (adapter / "adapter_config.json").is_file():
             raise NotFound(
                 f"job {job_id}'s adapter is not at {adapter}: was it trained on another machine? "
@@ -122,8 +123,8 @@ class Student:
             )
         return cls(
             job_id=job_id,
-            name=str(model or f"{job['namespace']}-job-{job_id}"),
-            base_model=str(job["base_model"]),
+            name=model or f"{job.namespace}-job-{job_id}",
+            base_model=job.base_model,
             adapter=adapter,
         )
 
@@ -276,6 +277,9 @@ def prepare(student: Student, launch: Launch) -> None:
 
 
 def ready(url: str) -> bool:
+    import urllib.error  # with urllib.request: http.client, email, ssl, not for every command
+    import urllib.request
+
     try:
         with urllib.request.urlopen(url, timeout=2) as reply:
             return bool(200 <= reply.status < 300)

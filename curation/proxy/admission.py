@@ -1,8 +1,8 @@
 """What the proxy refuses before it forwards a call, in OpenAI's error shape.
 
-A path it does not route or with dot segments, a wrong proxy key, a namespace
-it will not create (creation on use is off, or the cap is reached), a body
-too big, too slow, cut short or without a length (HTTP/1.0). Each refusal is
+A path it does not route or with dot segments, a missing or wrong proxy key, a
+namespace it will not create (creation on use is off, or the cap is reached), a
+body too big, too slow, cut short or without a length (HTTP/1.0). Each refusal is
 a ``Refusal``; the handler counts it and answers it like any other call.
 """
 
@@ -49,15 +49,30 @@ def route(request: web.Request, default_namespace: str) -> routing.Route:
 
 
 def check_key(headers: Mapping[str, str], keys: tuple[str, ...]) -> None:
-    """In proxy-keys mode, the client's key must be one of ``keys``."""
+    """In proxy-keys mode, the client's key must be one of ``keys``; a missing key is told
+    apart from a wrong one, since the fix differs (send one, or send the right one)."""
     if not keys:
         return
-    given = headers.get("Authorization", "").removeprefix("Bearer ").strip().encode()
+    authorization = headers.get("Authorization", "").strip()
+    given = "" if authorization == "Bearer" else authorization.removeprefix("Bearer ").strip()
+    if not given:
+        raise Refusal(
+            401,
+            "No API key given to the curation proxy: it admits only its proxy keys "
+            "(CURATION_PROXY_KEYS); send one as `Authorization: Bearer KEY` "
+            "(the SDK's api_key, or OPENAI_API_KEY).",
+            "missing_api_key",
+        )
     found = False
     for key in keys:  # no early exit: time does not tell which key
-        found |= hmac.compare_digest(given, key.encode())
+        found |= hmac.compare_digest(given.encode(), key.encode())
     if not found:
-        raise Refusal(401, "Incorrect API key provided to the curation proxy.", "invalid_api_key")
+        raise Refusal(
+            401,
+            "Incorrect API key provided to the curation proxy: it is not one of its proxy keys "
+            "(CURATION_PROXY_KEYS).",
+            "invalid_api_key",
+        )
 
 
 @dataclass
@@ -104,7 +119,10 @@ async def read_body(request: web.Request, settings: Settings) -> bytes:
         )
     limit = settings.max_body_bytes
     too_big = Refusal(
-        413, f"Request body over the curation proxy's limit of {limit} bytes.", "request_too_large"
+        413,
+        f"Request body over the curation proxy's limit of {limit} bytes; the operator raises it "
+        "with CURATION_MAX_BODY_BYTES (or `curation proxy --max-body-bytes`), e.g. 64MiB.",
+        "request_too_large",
     )
     if request.content_length is not None and request.content_length > limit:
         raise too_big

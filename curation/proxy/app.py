@@ -1,4 +1,4 @@
-"""The proxy's HTTP handling: forward every /v1/* call, record chat completions.
+"""The proxy's HTTP handling: forward every /v1/* call, record chat completions and responses.
 
 The request path only copies bytes: the body goes upstream untouched, the
 upstream's status, headers and body (or SSE chunks, as they arrive) come
@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 from yarl import URL
 
 from curation.capture.rewrite import rewrite
 from curation.capture.row import Capture
 from curation.config import Settings
-from curation.proxy import admission, ops, routing, spool, student
+from curation.proxy import admission, feedback, ops, routing, spool, student
 from curation.proxy.admission import Refusal
 from curation.proxy.metrics import Metrics
 from curation.proxy.recorder import Recorder
@@ -33,10 +34,11 @@ log = logging.getLogger("curation.proxy")
 access = logging.getLogger("curation.access")
 
 CLIENT_GONE = (ConnectionResetError, ConnectionError)
+KINDS = {"chat.completions": "chat", "responses": "responses"}  # metric kind of a recorded call
 UPSTREAM_CUT = (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Call:
     """One call in flight: what the handler learned about it so far."""
 
@@ -52,9 +54,10 @@ class Call:
     fallback_from: str | None = None  # the student that failed: the teacher answered
     head: bytes = b""  # the student's first chunk, read before the client got a byte
     label: str = ""  # its namespace label in metrics: "" until the namespace is admitted
+    call_id: str | None = None  # X-Curation-Id: set when the call is to be recorded
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Proxy:
     settings: Settings
     spool: spool.Spool
@@ -64,11 +67,13 @@ class Proxy:
     session: aiohttp.ClientSession | None = None
     _supervisor: asyncio.Task[None] = field(init=False)
     _namespaces: admission.NamespaceCap = field(init=False)
+    feedback_endpoint: feedback.Endpoint = field(init=False)
 
     def __post_init__(self) -> None:
         self._namespaces = admission.NamespaceCap(
             self.settings.create_namespaces, self.settings.max_namespaces
         )
+        self.feedback_endpoint = feedback.Endpoint(self.serving.url, self.settings, self.metrics)
 
     # -- helpers ---------------------------------------------------------
 
@@ -104,7 +109,9 @@ class Proxy:
         served = self.serving.by_namespace.get(ns or "") if route.record else None
         if served is not None:
             taken = served.take()
-            changed = rewrite(body, served.model, served.short_prompt) if taken else None
+            changed = (
+                rewrite(body, served.model, served.short_prompt, api=route.api) if taken else None
+            )
             if changed is not None:
                 forwarded, call.rewritten = changed, True
             self.metrics.served.labels(
@@ -160,7 +167,12 @@ class Proxy:
         """The student's response, or None (counted) when the teacher must answer instead."""
         assert self.session is not None
         outcome = await student.ask(
-            self.session, served, body, request.headers, self.settings.student_timeout
+            self.session,
+            served,
+            body,
+            request.headers,
+            self.settings.student_timeout,
+            path=call.route.upstream_path.removeprefix("/v1"),
         )
         if isinstance(outcome, student.Answer):
             call.head = outcome.head
@@ -199,7 +211,7 @@ class Proxy:
     async def _admit(self, request: web.Request, call: Call) -> None:
         """Route the call and read its body, or raise the ``Refusal`` that answers it."""
         route = call.route = admission.route(request, self.settings.default_namespace)
-        call.kind = "chat" if route.record else "other"
+        call.kind = KINDS.get(route.api, "other")
         admission.check_key(request.headers, self.settings.proxy_keys)
         if route.record and route.namespace:
             self._namespaces.admit(route.namespace, self.serving.namespaces)
@@ -207,6 +219,9 @@ class Proxy:
             call.label = route.namespace  # metric labels: only namespaces that exist
         call.body = await admission.read_body(request, self.settings)
         call.record = route.record and self._should_record(request, route.namespace)
+        call.call_id = feedback.new_call_id() if call.record else None
+        if not route.record:
+            self.metrics.unrecorded_requests.labels(routing.family(route.upstream_path)).inc()
 
     def _record(
         self, call: Call, upstream: aiohttp.ClientResponse, response: bytes, streamed: bool
@@ -224,8 +239,19 @@ class Proxy:
                 response=response,
                 rewritten=call.rewritten,
                 fallback_from=call.fallback_from,
+                api=call.route.api,
+                call_id=call.call_id,
             )
         )
+
+    def _client_headers(
+        self, upstream: aiohttp.ClientResponse, call: Call, recorded: bool
+    ) -> CIMultiDict[str]:
+        """The upstream's headers, plus the id feedback names a call by when it is recorded."""
+        headers = routing.client_headers(upstream.headers)
+        if recorded and call.call_id is not None:
+            headers[feedback.HEADER] = call.call_id
+        return headers
 
     async def _plain(self, upstream: aiohttp.ClientResponse, call: Call) -> web.StreamResponse:
         try:
@@ -256,7 +282,11 @@ class Proxy:
             else:
                 self.metrics.unrecorded.labels("status").inc()
         response = web.Response(
-            status=upstream.status, body=data, headers=routing.client_headers(upstream.headers)
+            status=upstream.status,
+            body=data,
+            headers=self._client_headers(
+                upstream, call, call.record and 200 <= upstream.status < 300
+            ),
         )
         self._done(call, upstream.status, t_done, time.perf_counter() - t_done)
         return response
@@ -267,7 +297,7 @@ class Proxy:
         call.kind += "_stream"
         record = call.record and 200 <= upstream.status < 300
         response = web.StreamResponse(
-            status=upstream.status, headers=routing.client_headers(upstream.headers)
+            status=upstream.status, headers=self._client_headers(upstream, call, record)
         )
         chunks: list[bytes] = []
         end = EndOfStream()
@@ -361,6 +391,7 @@ class Proxy:
 
     async def on_cleanup(self, app: web.Application) -> None:
         await self.serving.stop()
+        await self.feedback_endpoint.close()
         self._supervisor.cancel()
         if self.session is not None:
             await self.session.close()
@@ -379,6 +410,7 @@ def build_app(proxy: Proxy) -> web.Application:
     app.router.add_get("/healthz", ops.healthz)
     app.router.add_get("/readyz", functools.partial(ops.readyz, proxy))
     app.router.add_get("/metrics", functools.partial(ops.metrics, proxy))
+    app.router.add_route("*", feedback.PATH, proxy.feedback_endpoint.handle)
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     app.on_startup.append(proxy.on_startup)
     app.on_cleanup.append(proxy.on_cleanup)

@@ -47,9 +47,17 @@ class Metrics:
         )
         self.unrecorded = Counter(
             "curation_unrecorded",
-            "Chat completions not recorded, by reason (opt_out, no_namespace, status, "
+            "Chat completions and responses not recorded, by reason (opt_out, no_namespace, status, "
             "client_disconnect, upstream_cut; unrecordable ones: curation_unrecordable_total).",
             ["reason"],
+            registry=r,
+        )
+        self.unrecorded_requests = Counter(
+            "curation_unrecorded_requests",
+            "Calls forwarded without being recorded because their path is not recorded "
+            "(only POST /v1/chat/completions and POST /v1/responses are), by API family "
+            "(/v1/embeddings, /v1/files, ...; other beyond OpenAI's families).",
+            ["path"],
             registry=r,
         )
         self.spooled = Counter("curation_spooled", "Captures appended to the spool.", registry=r)

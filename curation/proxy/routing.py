@@ -11,6 +11,36 @@ from multidict import CIMultiDict
 from curation import names
 
 CHAT_PATH = "/v1/chat/completions"
+RESPONSES_PATH = "/v1/responses"
+# the path a POST is recorded from -> the API it speaks (capture/row.py reads either)
+RECORDED = {CHAT_PATH: "chat.completions", RESPONSES_PATH: "responses"}
+# OpenAI's API families: an unrecorded call is counted under its family's path, and
+# under "other" beyond these, so no client can make a metric label per path it sends
+FAMILIES = frozenset(
+    {
+        "assistants",
+        "audio",
+        "batches",
+        "chat",
+        "completions",
+        "containers",
+        "conversations",
+        "embeddings",
+        "evals",
+        "files",
+        "fine_tuning",
+        "images",
+        "models",
+        "moderations",
+        "organization",
+        "realtime",
+        "responses",
+        "threads",
+        "uploads",
+        "vector_stores",
+        "videos",
+    }
+)
 # headers that describe one hop, not the message; never forwarded either way
 HOP_BY_HOP = frozenset(
     {
@@ -38,6 +68,7 @@ class Route:
     upstream_path: str
     namespace: str | None
     record: bool
+    api: str = ""  # the API a recorded call speaks (routing.RECORDED); "" when not recorded
 
 
 class RouteError(ValueError):
@@ -69,8 +100,16 @@ def route(method: str, path: str, header_namespace: str | None, default_namespac
             f"invalid curation namespace {namespace[:60]!r}: use ^[a-z][a-z0-9_]{{0,39}}$",
             "invalid_namespace",
         )
-    record = method == "POST" and path.rstrip("/") == CHAT_PATH
-    return Route(upstream_path=path, namespace=namespace, record=record)
+    api = RECORDED.get(path.rstrip("/")) if method == "POST" else None
+    return Route(upstream_path=path, namespace=namespace, record=api is not None, api=api or "")
+
+
+def family(path: str) -> str:
+    """The bounded label an unrecorded call is counted under: ``/v1/<family>`` (``/v1/chat``
+    for ``/v1/chat/...``), or ``other``."""
+    parts = path.split("/", 3)
+    name = parts[2] if len(parts) > 2 and parts[1] == "v1" else ""
+    return f"/v1/{name}" if name in FAMILIES else "other"
 
 
 def check_path(raw_path: str) -> None:

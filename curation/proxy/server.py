@@ -3,7 +3,9 @@
 Start: the spool must be writable (else exit); PostgreSQL may be down (the
 spool takes the captures until it is back), but a schema behind the code
 is an error. Stop (SIGTERM/SIGINT): stop accepting, let in-flight calls and
-streams finish, then flush the spool to PostgreSQL.
+streams finish, then flush the spool to PostgreSQL. With ``workers`` > 1 this
+process only supervises that many proxy processes on the same port
+(``proxy/workers.py``); each runs ``serve_one``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
+from collections.abc import Callable
+from pathlib import Path
 
 from aiohttp import web
 
@@ -52,20 +57,42 @@ def prepare_database(settings: Settings) -> str:
     return url
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, workers: int = 1) -> None:
     logs.setup(settings.log_level)
+    if workers > 1:
+        from curation.proxy import workers as pool
+
+        pool.supervise(settings, workers)
+        return
+    from curation.proxy.workers import warn_leftovers
+
+    warn_leftovers(settings.effective_spool_dir, 1)
+    serve_one(settings)
+
+
+def serve_one(
+    settings: Settings,
+    *,
+    spool_dir: Path | None = None,
+    migrated: bool = False,
+    reuse_port: bool = False,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
+    """One proxy process: its spool, its recorder, its event loop, until SIGTERM/SIGINT.
+    A worker of ``--workers`` passes its own spool, ``migrated`` (the parent did it)
+    and ``reuse_port`` (its siblings listen on the same port)."""
     protocol.redact_parser_errors()
     host, port = parse_listen(settings.listen)
     metrics = Metrics()
     spool = Spool(
-        settings.effective_spool_dir,
+        spool_dir or settings.effective_spool_dir,
         max_bytes=settings.spool_max_bytes,
         fsync=settings.spool_fsync,
         on_drop=metrics.dropped.labels("spool_cap").inc,
     )
     spool.open()
     try:
-        url = prepare_database(settings)
+        url = connect.database_url(settings) if migrated else prepare_database(settings)
         recorder = Recorder(spool.directory, url, settings.recorder_stall_seconds)
         metrics.registry.register(RecorderCollector(recorder, spool))
         try:
@@ -74,13 +101,25 @@ def serve(settings: Settings) -> None:
             uvloop.install()
         except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
             pass
-        proxy = Proxy(settings, spool, recorder, metrics, ServingTable(url))
-        asyncio.run(_run(proxy, host, port))
+        proxy = Proxy(
+            settings=settings,
+            spool=spool,
+            recorder=recorder,
+            metrics=metrics,
+            serving=ServingTable(url),
+        )
+        asyncio.run(_run(proxy, host, port, reuse_port, on_ready))
     finally:
         spool.close()
 
 
-async def _run(proxy: Proxy, host: str, port: int) -> None:
+async def _run(
+    proxy: Proxy,
+    host: str,
+    port: int,
+    reuse_port: bool = False,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
     runner = web.AppRunner(
         build_app(proxy), access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT
     )
@@ -94,6 +133,7 @@ async def _run(proxy: Proxy, host: str, port: int) -> None:
             port,
             backlog=2048,
             reuse_address=True,
+            reuse_port=reuse_port or None,
         )
     except OSError as exc:
         await runner.cleanup()
@@ -105,6 +145,10 @@ async def _run(proxy: Proxy, host: str, port: int) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    orphaned = None
+    if on_ready is not None:  # a worker: it stops when its supervisor is gone
+        on_ready()
+        orphaned = asyncio.create_task(_watch_parent(os.getppid(), stop))
     log.info(
         "listening",
         extra={
@@ -115,9 +159,18 @@ async def _run(proxy: Proxy, host: str, port: int) -> None:
         },
     )
     await stop.wait()
+    if orphaned is not None:
+        orphaned.cancel()
     log.info("shutting down: finishing in-flight calls")
     listener.close()
     await runner.cleanup()
     await proxy.recorder.stop()
     proxy.spool.rescan()
     log.info("stopped", extra={"spool_bytes": proxy.spool.total_bytes})
+
+
+async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
+    while os.getppid() == parent:
+        await asyncio.sleep(1.0)
+    log.warning("the proxy's supervisor is gone; this worker drains and stops")
+    stop.set()

@@ -17,10 +17,9 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
-
 from curation.config import secret_from_env
-from curation.db import capture as db
+from curation.db.serving import ServingSettings
+from curation.errors import DatabaseUnavailable
 
 log = logging.getLogger("curation.serving")
 REFRESH_SECONDS = 2.0
@@ -57,22 +56,12 @@ class ServingTable:
                 await self._task
 
     async def _run(self) -> None:
-        conn: db.AsyncConnection | None = None
+        settings = ServingSettings(self.url)
         while True:
             try:
-                if conn is None or conn.closed:
-                    conn = await psycopg.AsyncConnection.connect(
-                        self.url,
-                        autocommit=True,
-                        connect_timeout=5,
-                        row_factory=psycopg.rows.dict_row,
-                    )
-                self.load(await db.serving_table(conn))
-            except (psycopg.Error, OSError) as exc:
+                self.load(await settings.read())
+            except DatabaseUnavailable as exc:
                 log.debug("serving settings not refreshed: %s", exc)
-                if conn is not None:
-                    await conn.close()
-                conn = None
             await asyncio.sleep(self.interval)
 
     def load(self, rows: list[dict[str, Any]]) -> None:

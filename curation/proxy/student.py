@@ -1,7 +1,8 @@
 """Calling a namespace's student where it is served, and giving up on it in time.
 
 The student gets the rewritten call (short prompt, its model name) at its
-own endpoint (``base URL + /chat/completions``), with its own key and never
+own endpoint (``base URL + /chat/completions``, or ``/responses`` for a
+Responses call), with its own key and never
 the client's. Until the client has been sent a byte, any failure of the
 student is a fallback, not an error: no connection, a non-2xx answer, no
 answer (streams: no first chunk) within the budget, a body cut short. The
@@ -42,8 +43,9 @@ class Fallback:
     detail: str
 
 
-def chat_url(endpoint: str) -> str:
-    return endpoint.rstrip("/") + "/chat/completions"
+def chat_url(endpoint: str, path: str = "/chat/completions") -> str:
+    """The student's URL for a call to ``path`` (``/chat/completions`` or ``/responses``)."""
+    return endpoint.rstrip("/") + path
 
 
 def request_headers(client: Mapping[str, str], api_key: str | None) -> dict[str, str]:
@@ -64,10 +66,11 @@ async def ask(
     body: bytes,
     client_headers: Mapping[str, str],
     budget: float,
+    path: str = "/chat/completions",
 ) -> Answer | Fallback:
-    """Send the rewritten ``body`` to the student; an Answer, or why to fall back."""
+    """Send the rewritten ``body`` to the student's ``path``; an Answer, or why to fall back."""
     assert served.endpoint is not None
-    url = chat_url(served.endpoint)
+    url = chat_url(served.endpoint, path)
     response: aiohttp.ClientResponse | None = None
     try:
         async with asyncio.timeout(budget):

@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-import psycopg
 
 from curation.capture import row as capture_row
 from curation.db import capture as db
+from curation.errors import DatabaseUnavailable, RowRefused
 from curation.proxy.quarantine import REJECTED, Note, SetAside, Span
 from curation.proxy.spool import Frame, Position
 from curation.proxy.spool_reader import SpoolReader
@@ -46,12 +46,9 @@ BATCH_FRAMES = 1000
 BATCH_BYTES = 16 << 20
 SLICE = 16
 LINGER = 0.05  # group commit: poll the spool this often when caught up
-# A failure on a connection that is still healthy is the data's fault (retry
-# row by row); one that broke the connection means PostgreSQL is away (retry later).
-ConnectionErrors = (psycopg.OperationalError, psycopg.InterfaceError, OSError)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Stats:
     """What the writer has done; the recorder publishes it for the proxy's /metrics."""
 
@@ -159,10 +156,10 @@ class Writer:
     async def _connect(self) -> bool:
         try:
             with self._in_database():
-                conn = await db.connect(self.url)
-                checkpoint = await db.checkpoint(conn, self.spool.id)
-                self.known_namespaces = await db.namespaces(conn)
-        except ConnectionErrors as exc:
+                conn, checkpoint, self.known_namespaces = await db.open_writer(
+                    self.url, self.spool.id
+                )
+        except DatabaseUnavailable as exc:
             self._down(exc)
             await self._sleep()
             return False
@@ -237,14 +234,12 @@ class Writer:
                     try:
                         await self._write(conn, rows, end)
                         written = len(rows)
-                    except Exception:  # psycopg refused, or could not send, a value of a row
-                        if conn.broken or conn.closed:
-                            raise
+                    except RowRefused:  # PostgreSQL refused, or psycopg could not send, a value
                         written = await self._write_one_by_one(conn, rows, end)
                 self.stats.rows_written += written
                 self._up()
                 return True
-            except (*ConnectionErrors, psycopg.Error) as exc:
+            except DatabaseUnavailable as exc:  # PostgreSQL is away: the spool keeps the batch
                 self.stats.write_errors += 1
                 self._down(exc)
                 await self._close()
@@ -256,10 +251,7 @@ class Writer:
         self, conn: db.AsyncConnection, rows: Sequence[capture_row.Row], end: Position
     ) -> None:
         await self._ensure_namespaces(conn, rows)  # committed on its own: short locks
-        async with conn.transaction():
-            if rows:
-                await db.insert_rows(conn, rows)
-            await db.set_checkpoint(conn, self.spool.id, end.segment, end.offset, len(rows))
+        await db.write_batch(conn, self.spool.id, rows, end.segment, end.offset)
         self.known_namespaces = (self.known_namespaces or set()) | {r.namespace for r in rows}
 
     async def _write_one_by_one(
@@ -267,23 +259,9 @@ class Writer:
     ) -> int:
         """Each row in a savepoint of its own; those refused go to rejected.jsonl. How many went in."""
         self.stats.write_errors += 1
-        written: set[str] = set()
-        count = 0
-        async with conn.transaction():
-            for r in rows:
-                try:
-                    async with conn.transaction():
-                        if r.namespace not in written:  # whatever known_namespaces believes
-                            await db.create_namespaces(conn, {r.namespace})
-                        await db.insert_rows(conn, [r], clear=True)
-                    written.add(r.namespace)
-                    count += 1
-                except Exception as exc:
-                    if conn.broken or conn.closed:
-                        raise
-                    self.stats.rejected += 1
-                    self._reject_row(r, _first_line(exc))
-            await db.set_checkpoint(conn, self.spool.id, end.segment, end.offset, count)
+        count, written = await db.write_each(
+            conn, self.spool.id, rows, end.segment, end.offset, self._refused
+        )
         self.known_namespaces = (self.known_namespaces or set()) | written
         return count
 
@@ -292,8 +270,7 @@ class Writer:
     ) -> None:
         missing = {r.namespace for r in rows} - (self.known_namespaces or set())
         if missing:
-            async with conn.transaction():
-                await db.create_namespaces(conn, missing)
+            await db.ensure_namespaces(conn, missing)
             self.known_namespaces = (self.known_namespaces or set()) | missing
 
     @contextlib.contextmanager
@@ -324,8 +301,7 @@ class Writer:
     async def _close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            with contextlib.suppress(*ConnectionErrors):
-                await conn.close()
+            await db.close(conn)
 
     async def _sleep(self) -> None:
         await asyncio.sleep(self._backoff)
@@ -359,6 +335,10 @@ class Writer:
         )
         self.on_commit()  # published now: a kill before the commit keeps the count
 
+    def _refused(self, r: capture_row.Row, exc: RowRefused) -> None:
+        self.stats.rejected += 1
+        self._reject_row(r, str(exc))
+
     def _reject_row(self, r: capture_row.Row, reason: str) -> None:
         log.error("PostgreSQL refused a capture of namespace %s: %s", r.namespace, reason)
         self._append_rejected({"at": time.time(), "reason": reason, "row": r.__dict__})
@@ -371,8 +351,3 @@ class Writer:
                 f.write(orjson.dumps(entry, default=str) + b"\n")
         except OSError as exc:  # counted and logged all the same; the writer goes on
             log.error("could not keep a capture in %s: %s", path, exc)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -2,7 +2,7 @@
 
 Shapes follow OpenAI's API reference: chat.completion and
 chat.completion.chunk objects (stream_options.include_usage, tool calls, n,
-JSON mode), the error object with its headers, x-request-id, openai-* and
+JSON mode), Response objects and their streaming events (responses.py), the error object with its headers, x-request-id, openai-* and
 x-ratelimit-* headers. Tests steer a call with request headers, which the
 proxy forwards like any other:
 
@@ -26,11 +26,12 @@ from aiohttp import web
 
 from tests.background import BackgroundApp
 from tests.fake_openai.chat import ChatAPI, Seen
+from tests.fake_openai.responses import ResponsesAPI
 from tests.fake_openai.tuning import TuningAPI
 
 
 @dataclass
-class FakeOpenAI(ChatAPI, TuningAPI):
+class FakeOpenAI(ChatAPI, ResponsesAPI, TuningAPI):
     delay: float = 0.0
     api_key_prefix: str = "sk-"
     seen: list[Seen] = field(default_factory=list)
@@ -39,6 +40,7 @@ class FakeOpenAI(ChatAPI, TuningAPI):
     raw: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # X-Fake-Raw canned bodies
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stored: dict[str, dict[str, Any]] = field(default_factory=dict)  # responses by id
     page_cap: int = 100  # lower it to make clients paginate
     fail: dict[str, int] = field(
         default_factory=dict
@@ -57,6 +59,8 @@ class FakeOpenAI(ChatAPI, TuningAPI):
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 << 20)
         app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/responses", self.create_response)
+        app.router.add_get("/v1/responses/{response_id}", self.get_response)
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/files", self.upload_file)
         app.router.add_post("/v1/fine_tuning/jobs", self.create_job)

@@ -20,13 +20,18 @@ CREATE TEMP TABLE IF NOT EXISTS capture_staging (
     seen_at timestamptz NOT NULL,
     tags jsonb NOT NULL,
     rewritten boolean NOT NULL,
-    fallback_from text
+    fallback_from text,
+    api text NOT NULL,
+    response_id text,
+    previous_response_id text,
+    call_id uuid
 ) ON COMMIT DELETE ROWS
 
 -- name: copy_staging
 COPY capture_staging (ord, namespace, user_prompt, response, request, system_prompt, model,
                       prompt_tokens, completion_tokens, latency_ms, streamed, upstream_request_id,
-                      seen_at, tags, rewritten, fallback_from)
+                      seen_at, tags, rewritten, fallback_from, api, response_id,
+                      previous_response_id, call_id)
 FROM STDIN
 
 -- name: insert_from_staging
@@ -75,10 +80,12 @@ WITH grouped AS (
 INSERT INTO openai_chat_completion AS t (
     namespace, user_prompt, response, request, system_prompt, model, prompt_tokens,
     completion_tokens, latency_ms, streamed, upstream_request_id, tags,
-    first_seen_at, last_seen_at, times_seen, rewritten, fallback_from)
+    first_seen_at, last_seen_at, times_seen, rewritten, fallback_from, api, response_id,
+    previous_response_id)
 SELECT g.namespace, g.user_prompt, g.response::json, g.request, g.system_prompt, g.model,
        g.prompt_tokens, g.completion_tokens, g.latency_ms, g.streamed, g.upstream_request_id,
-       coalesce(m.tags, '{}'), g.seen_at, g.last_seen, g.seen, g.rewritten, g.fallback_from
+       coalesce(m.tags, '{}'), g.seen_at, g.last_seen, g.seen, g.rewritten, g.fallback_from,
+       g.api, g.response_id, g.previous_response_id
 FROM grouped g
 LEFT JOIN merged_tags m ON m.namespace = g.namespace AND m.user_prompt = g.user_prompt
 ORDER BY g.ord
@@ -93,6 +100,8 @@ SET times_seen = t.times_seen + excluded.times_seen,
               FROM jsonb_each(excluded.tags) AS e) AS n
         WHERE n.held
            OR n.rank <= %(max_tags)s::integer - (SELECT count(*) FROM jsonb_object_keys(t.tags)))
+-- each row written, so the writer maps call ids to rows without looking them up
+RETURNING t.id, t.namespace, t.user_prompt_key
 
 -- name: get_checkpoint
 SELECT segment, byte_offset FROM spool_checkpoint WHERE spool_id = %(spool_id)s

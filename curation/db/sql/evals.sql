@@ -4,8 +4,12 @@ SELECT id FROM dataset WHERE namespace = %(namespace)s AND format = 'chat' ORDER
 -- name: eval_rows
 -- Rows to replay: given ids, or included rows (optionally only a dataset's
 -- validation split, which no model was trained on). Served calls are the
--- student's own answers and never count as truth.
-SELECT c.id, c.version, c.user_prompt::text AS user_prompt, c.request::text AS request,
+-- student's own answers and never count as truth. A Responses call's earlier turns
+-- come from the recorded rows, as in export_rows.
+SELECT c.id, c.version, c.user_prompt::text AS user_prompt,
+       CASE WHEN c.previous_response_id IS NULL THEN c.request::text
+            ELSE coalesce(curation_responses_request(c.namespace, c.request), c.request)::text
+       END AS request,
        c.response::text AS response, c.corrected_response::text AS corrected_response
 FROM {table} c
 WHERE NOT c.rewritten
@@ -38,7 +42,11 @@ SELECT EXISTS (
 ) AS ok
 
 -- name: relabel_rows
-SELECT id, request::text AS request FROM {table}
+SELECT id, api,
+       CASE WHEN previous_response_id IS NULL THEN request::text
+            ELSE coalesce(curation_responses_request(namespace, request), request)::text
+       END AS request
+FROM {table}
 WHERE NOT rewritten
   AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
   AND (%(ids)s::bigint[] IS NOT NULL OR (included IS NULL AND excluded IS NULL))

@@ -1,7 +1,13 @@
 -- name: export_rows
--- Included, not excluded rows, oldest first; json as text so the exporter
--- parses it with orjson (much faster than per-row json.loads).
-SELECT id, version, user_prompt::text AS user_prompt, request::text AS request,
+-- Included, not excluded rows, oldest first, read with binary COPY (db/export.py):
+-- id and version as bigint, everything else as text, json as text so the exporter
+-- parses it with orjson (much faster than per-row json.loads). A Responses call
+-- that continues an earlier response gets its earlier turns from the recorded rows
+-- (curation_responses_request; unchanged, so export skips it, when one is missing).
+SELECT id, version::bigint AS version, user_prompt::text AS user_prompt,
+       CASE WHEN previous_response_id IS NULL THEN request::text
+            ELSE coalesce(curation_responses_request(namespace, request), request)::text
+       END AS request,
        response::text AS response, corrected_response::text AS corrected_response
 FROM {table}
 WHERE included IS NOT NULL

@@ -32,3 +32,19 @@ SET training_system_prompt = CASE WHEN %(set_prompt)s THEN %(training_system_pro
     updated_at = now()
 WHERE name = %(name)s
 RETURNING name
+
+-- name: common_system_prompt
+-- The production system prompt most calls of a namespace carried (weighted by times_seen),
+-- with how many rows and calls carry it, how many carry any, and the model that most often
+-- answered it (to count its tokens when the namespace names no base model).
+SELECT system_prompt,
+       count(*) AS rows,
+       sum(times_seen) AS calls,
+       sum(count(*)) OVER () AS rows_with_a_prompt,
+       count(*) OVER () AS distinct_prompts,
+       mode() WITHIN GROUP (ORDER BY model) AS model
+FROM openai_chat_completion
+WHERE namespace = %(name)s AND system_prompt IS NOT NULL AND system_prompt <> ''
+GROUP BY system_prompt
+ORDER BY calls DESC, rows DESC, min(id)
+LIMIT 1

@@ -1,0 +1,267 @@
+"""Export's fast path (binary COPY, chunks in worker processes, the plain-example
+shortcut past validation, the counting loop) writes exactly what the plain
+per-row builder writes: the same bytes, token counts and skipped reasons, for
+rows of every shape a curator meets (tool calls, corrections, multi-turn, names,
+content parts, text that needs escaping) and odd ones that must be skipped."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+import tiktoken
+
+from curation.db import queries
+from curation.db.connect import connection
+from curation.export import examples, models, split, tokens, validate
+from curation.export import run as export_run
+from curation.export.run import ExportRequest, export
+from tests.factories import LONG_PROMPT
+
+NS = "golden"
+SHORT = "Return the locations mentioned, as a JSON list."
+TOOLS = [
+    {
+        "type": "function",
+        "function": {"name": "geocode", "parameters": {"type": "object", "properties": {}}},
+    }
+]
+CALL = {"id": "call_1", "type": "function", "function": {"name": "geocode", "arguments": '{"q":1}'}}
+TEXTS = [
+    "I live in Lyon",
+    "Ich wohne in München, nicht in Zürich 🇨🇭",
+    'quotes " and \\ backslashes \\n and a real\nnewline\tand tab',
+    "東京から大阪へ",
+    "x" * 3000,
+    "  Spaces   AND Case  ",
+    "null \x01 control",
+]
+Conn = psycopg.Connection[dict[str, object]]
+
+
+def completion(message: Any) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1.0, "completion_tokens": 2, "total_tokens": 10**15},
+    }
+
+
+def varied_row(rng: random.Random, i: int) -> tuple[str, dict[str, Any], dict[str, Any], Any]:
+    """One row's (user_prompt, request, response, corrected_response), shapes drawn by ``rng``."""
+    text = f"{rng.choice(TEXTS)} #{i}"
+    system = {"role": rng.choice(["system", "developer"]), "content": LONG_PROMPT}
+    user: dict[str, Any] = {"role": "user", "content": text}
+    shape = rng.randrange(14)
+    if shape == 1:
+        user = {"role": "user", "content": [{"type": "text", "text": text}]}
+    elif shape == 2:
+        user = {"role": "user", "content": text, "name": "ana"}
+    messages: list[Any] = [system, user]
+    if shape == 3:  # multi-turn with a tool round trip
+        messages += [
+            {"role": "assistant", "content": None, "tool_calls": [CALL]},
+            {"role": "tool", "tool_call_id": "call_1", "content": '{"lat": 45.7}'},
+            {"role": "user", "content": "and then?"},
+        ]
+    elif shape == 4:
+        messages += [{"role": "assistant", "content": "Lyon."}, {"role": "user", "content": "ok"}]
+    elif shape == 5:
+        messages.append({"role": "user", "content": "", "name": None})
+    elif shape == 6:
+        messages.append({"role": "user", "content": "x", "weight": 1})
+    elif shape == 7:
+        messages.append({"role": 5, "content": "odd role"})
+    request: dict[str, Any] = {"model": "gpt-4o", "messages": messages, "temperature": 0.0}
+    answer: dict[str, Any] = {"role": "assistant", "content": f'["{text}"]', "refusal": None}
+    if shape == 8:
+        request["tools"], request["parallel_tool_calls"] = TOOLS, bool(i % 2)
+        answer = {"role": "assistant", "content": None, "tool_calls": [CALL]}
+    elif shape == 9:
+        answer = {"role": "assistant", "content": ""}
+    elif shape == 10:
+        answer = {"role": "assistant", "content": None, "refusal": "no"}
+    elif shape == 11:
+        request["tools"] = "not a list"
+    corrected: Any = None
+    pick = rng.randrange(8)
+    if pick == 1:
+        corrected = f'["fixed {i}"]'
+    elif pick == 2:
+        corrected = {"role": "assistant", "content": f"fixed {i}"}
+    elif pick == 3:
+        corrected = completion({"role": "assistant", "content": f"fixed {i}"})
+    elif pick == 4:
+        corrected = 42
+    elif pick == 5:
+        corrected = {"role": "assistant", "content": answer.get("content")}
+    response: Any = completion(answer)
+    if shape == 12:
+        response = {"choices": "none"}
+    elif shape == 13:
+        response = completion({"role": "assistant", "content": "a", "tool_calls": "zz"})
+    return text, request, response, corrected
+
+
+def fill(conn: Conn, n: int, seed: int = 17) -> None:
+    conn.execute("SELECT curation_create_namespace(%s)", [NS])
+    rng = random.Random(seed)
+    with conn.cursor() as cur:
+        for i in range(n):
+            prompt, request, response, corrected = varied_row(rng, i)
+            cur.execute(
+                f"INSERT INTO {NS}_openai_chat_completion (namespace, user_prompt, request, response,"
+                " system_prompt, included, excluded, corrected_response) VALUES (%s, %s, %s, %s, %s,"
+                " CASE WHEN %s THEN now() END, CASE WHEN %s THEN now() END, %s)",
+                [
+                    NS,
+                    prompt,
+                    json.dumps(request),
+                    json.dumps(response, separators=(",", ":") if i % 3 else (", ", ": ")),
+                    LONG_PROMPT,
+                    i % 11 != 0,
+                    i % 13 == 0,
+                    json.dumps(corrected) if corrected is not None else None,
+                ],
+            )
+
+
+def reference_count(example: dict[str, Any], encoding: str) -> int:
+    """The cookbook's formula, written out plainly: no memo, no shortcut."""
+    enc = tiktoken.get_encoding(encoding)
+
+    def n(value: Any) -> int:
+        text = (
+            value
+            if isinstance(value, str)
+            else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        )
+        return len(enc.encode_ordinary(text))
+
+    if "input" in example:
+        messages = (
+            example["input"]["messages"]
+            + example["preferred_output"]
+            + example["non_preferred_output"]
+        )
+        tools = example["input"].get("tools")
+    else:
+        messages, tools = example["messages"], example.get("tools")
+    total = 3
+    for message in messages:
+        total += 3
+        for key, value in message.items():
+            if value is not None and key != "weight":
+                total += n(value) + (1 if key == "name" else 0)
+    return total + (n(tools) if tools else 0)
+
+
+def reference(db_url: str, req: ExportRequest, info: models.ModelInfo) -> dict[str, Any]:
+    """What export must write, row by row with the plain builder and full validation."""
+    query = queries.for_namespace("export_rows", NS)
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(query, req.filters.params()).fetchall()
+    files: dict[str, bytes] = {"train": b"", "validation": b""}
+    counts: dict[int, int] = {}
+    skipped = []
+    for row_id, version, user_prompt, request, response, corrected in rows:
+        source = examples.SourceRow(
+            row_id,
+            version,
+            user_prompt,
+            orjson.loads(request),
+            orjson.loads(response),
+            orjson.loads(corrected) if corrected else None,
+        )
+        try:
+            if req.format == "dpo":
+                example = examples.preference_pair(source, req.system_prompt)
+                validate.check_preference(example)
+            else:
+                example = examples.chat_example(source, req.system_prompt)
+                validate.check_chat(example)
+            assert info.encoding is not None
+            n = reference_count(example, info.encoding)
+            validate.check_length(n, info.max_example_tokens, info.name)
+        except (examples.Skip, validate.Invalid, ValueError, KeyError, TypeError) as exc:
+            skipped.append({"id": row_id, "reason": str(exc)})
+            continue
+        name = (
+            "validation" if split.is_validation(user_prompt, req.validation_fraction) else "train"
+        )
+        files[name] += orjson.dumps(example) + b"\n"
+        counts[row_id] = n
+    return {"files": files, "counts": counts, "skipped": skipped, "rows": len(rows)}
+
+
+def exported(db_url: str, req: ExportRequest) -> dict[str, Any]:
+    with connection(db_url) as conn:
+        result = export(conn, req)
+        tokens_by_row = conn.execute(
+            "SELECT row_id, tokens FROM dataset_row WHERE dataset_id = %s",
+            [result.dataset_id],
+        ).fetchall()
+    files = {
+        name: (req.out_dir / f"{name}.jsonl").read_bytes()
+        if (req.out_dir / f"{name}.jsonl").exists()
+        else b""
+        for name in ("train", "validation")
+    }
+    return {
+        "files": files,
+        "counts": {r["row_id"]: r["tokens"] for r in tokens_by_row},
+        "skipped": result.manifest["skipped"],
+        "rows": result.manifest["counts"]["rows"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("model", "fmt", "workers"),
+    [
+        ("gpt-4o-mini-2024-07-18", "chat", 1),
+        ("gpt-4o-mini-2024-07-18", "chat", 2),
+        ("gpt-3.5-turbo-0125", "chat", 2),
+        ("gpt-4o-mini-2024-07-18", "dpo", 2),
+    ],
+)
+def test_export_writes_what_the_plain_builder_writes(
+    db_url: str,
+    conn: Conn,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    model: str,
+    fmt: str,
+    workers: int,
+) -> None:
+    monkeypatch.setattr(export_run, "INLINE_ROWS", 50)  # chunks inline, then in worker processes
+    monkeypatch.setattr(export_run, "CHUNK_ROWS", 37)
+    fill(conn, 400)
+    info = tokens.prepare(models.lookup(model))
+    req = ExportRequest(
+        namespace=NS,
+        out_dir=tmp_path,
+        base_model=model,
+        system_prompt=SHORT,
+        validation_fraction=0.2,
+        format=fmt,
+        workers=workers,
+    )
+    want, got = reference(db_url, req, info), exported(db_url, req)
+    assert got["rows"] == want["rows"] > 300
+    assert got["skipped"] == want["skipped"]
+    assert got["counts"] == want["counts"]
+    assert got["files"] == want["files"]
+    # the rows cover what they claim to: examples, skips, tool calls, corrections, multi-turn
+    lines = [orjson.loads(line) for line in got["files"]["train"].splitlines()]
+    assert len(lines) > 20 and want["skipped"] and got["files"]["validation"]
+    if fmt == "chat":
+        assert any("tools" in e for e in lines)
+        assert any(len(e["messages"]) > 3 for e in lines)
+        assert any("fixed" in str(e["messages"][-1].get("content")) for e in lines)
+        assert any("\\" in e["messages"][1].get("content", "") for e in lines if e["messages"][1:])
