@@ -85,6 +85,7 @@ CASES = [
     case("proxy", "--max-body-bytes", "lots", spawn=True),
     case("--log-level", "BOGUS", "proxy", spawn=True),
     case("proxy", "--workers", "0", spawn=True),
+    case("proxy", "--workers", "2", "--listen", "127.0.0.1:0", spawn=True),
     case("list", "nosuchns"),
     case("list", "p", login="unprivileged"),
     case("list", "p", "--limit", BIG),

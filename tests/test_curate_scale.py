@@ -167,14 +167,27 @@ def test_revision_0006_on_a_filled_namespace(empty_db_url: str) -> None:
         ).fetchone()
         assert built == {"n": 7, "valid": True}  # built and attached to the parent's indexes
         assert counted(c) == truth(c)
+        c.execute("SELECT curation_create_namespace('later')")
+        assert prompt_statistics(c) == {1000}  # the partitions made before and after
     assert migrate.downgrade(empty_db_url, "0005") == "0005"
     with psycopg.connect(empty_db_url, autocommit=True, row_factory=dict_row) as c:
         assert c.execute("SELECT to_regclass('curation_counts') AS t").fetchone() == {"t": None}
+        assert prompt_statistics(c) == {-1}
         left = c.execute(
             f"SELECT count(*) AS n FROM pg_index WHERE indrelid = '{TABLE}'::regclass"
         ).fetchone()
         assert left == {"n": 2}  # the primary and the unique key
     migrate.upgrade(empty_db_url)
+
+
+def prompt_statistics(c: Conn) -> set[int]:
+    """The statistics target of user_prompt on the parent and every partition."""
+    found = c.execute(
+        "SELECT coalesce(attstattarget, -1) AS t FROM pg_attribute WHERE attname = 'user_prompt'"
+        " AND attrelid IN (SELECT 'openai_chat_completion'::regclass UNION ALL"
+        " SELECT inhrelid FROM pg_inherits WHERE inhparent = 'openai_chat_completion'::regclass)"
+    )
+    return {int(r["t"]) for r in found}
 
 
 def test_an_interrupted_0006_is_picked_up_where_it_stopped(empty_db_url: str) -> None:

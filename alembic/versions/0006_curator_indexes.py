@@ -73,6 +73,14 @@ INDEXES = {
 }
 TRIGRAM = {"prompt_trgm": "USING gin ((user_prompt::text) gin_trgm_ops)"}
 
+# How often a search term occurs decides whether its first page is read in the list's order
+# (a frequent term) or through the trigram index (a rare one), and a wrong guess costs 5-10x.
+# With the default 100 histogram entries a term in 1% of prompts was guessed absent 2 times in 5;
+# with 1000 it was not (ANALYZE then samples 300,000 rows instead of 30,000).
+PROMPT_STATISTICS = (
+    "ALTER TABLE openai_chat_completion ALTER COLUMN user_prompt SET STATISTICS 1000"
+)
+
 NO_TRIGRAM = (
     "pg_trgm is not available on this server (%s): `curation list --search` will scan the "
     "namespace's table. To index it later: CREATE EXTENSION pg_trgm; CREATE INDEX "
@@ -169,6 +177,8 @@ BEGIN
     PERFORM curation_grant_curator(tbl);
     PERFORM curation_guard_truncate(tbl);
     PERFORM curation_count_table(tbl);
+    -- a partition does not take its parent's statistics target: see PROMPT_STATISTICS
+    EXECUTE format('ALTER TABLE %s ALTER COLUMN user_prompt SET STATISTICS 1000', tbl);
 END $$;
 
 -- A namespace's counts from a scan of its rows, its writers waiting meanwhile: how the
@@ -231,6 +241,7 @@ def upgrade() -> None:
     indexes = dict(INDEXES)
     if _trigram_ready():
         indexes |= TRIGRAM
+    op.execute(PROMPT_STATISTICS)
     for suffix, definition in indexes.items():
         op.execute(
             f"CREATE INDEX IF NOT EXISTS {PARENT}_{suffix}_idx ON ONLY {PARENT} {definition}"
@@ -249,6 +260,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute(DROP_COUNTS)
+    op.execute("ALTER TABLE openai_chat_completion ALTER COLUMN user_prompt SET STATISTICS -1")
     # Dropping a parent's index drops its partitions' too. pg_trgm stays, as citext
     # does: other objects of the database may use it.
     for suffix in (*INDEXES, *TRIGRAM):

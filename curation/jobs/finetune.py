@@ -36,9 +36,7 @@ class SubmitOptions:
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)  # passed to the backend
 
 
-def submit(
-    conn: Connection, backend: Backend, export: ExportResult, opts: SubmitOptions
-) -> Job:
+def submit(conn: Connection, backend: Backend, export: ExportResult, opts: SubmitOptions) -> Job:
     """Record the job, upload its files, and create it at ``backend``."""
     check_size(export, opts.namespace)
     manifest = export.manifest
@@ -95,9 +93,7 @@ def check_size(export: ExportResult, namespace: str) -> None:
         )
 
 
-def upload(
-    conn: Connection, backend: Backend, job: Job, export: ExportResult
-) -> Job:
+def upload(conn: Connection, backend: Backend, job: Job, export: ExportResult) -> Job:
     """Upload what this job has not uploaded yet; each reference is recorded at once."""
     try:
         if not job.training_file_id:
@@ -118,9 +114,7 @@ def refresh(conn: Connection, backend: Backend, job: Job) -> Job:
     return record(conn, backend, job, backend.status(job.provider_job_id))
 
 
-def record(
-    conn: Connection, backend: Backend, job: Job, remote: RemoteJob
-) -> Job:
+def record(conn: Connection, backend: Backend, job: Job, remote: RemoteJob) -> Job:
     if backend.name in SELF_RECORDING:
         return jobs.get(conn, str(job.id))
     return jobs.update(
@@ -147,8 +141,7 @@ def wait(
     reference = job.provider_job_id
     if not reference:
         raise Conflict(
-            f"job {job.id} never reached the {backend.name} backend ({job.status}): "
-            "submit it again"
+            f"job {job.id} never reached the {backend.name} backend ({job.status}): submit it again"
         )
     shown: set[str] = set()
     while True:

@@ -105,15 +105,28 @@ def _restart_dead(settings: Settings, workers: dict[int, tuple[BaseProcess, Conn
     for i, (process, pipe) in list(workers.items()):
         if process.exitcode is None:
             continue
+        reason = _last_error(pipe)
         pipe.close()
         log.error(
-            "proxy worker %d (pid %s) exited with %s; restarting it (its spool is replayed)",
+            "proxy worker %d (pid %s) exited with %s%s; restarting it (its spool is replayed)",
             i,
             process.pid,
             process.exitcode,
+            f" ({reason})" if reason else "",
         )
         time.sleep(RESTART_DELAY)
         workers[i] = _start(settings, i)
+
+
+def _last_error(pipe: Connection) -> str:
+    """The error a worker sent before it exited, if any (after "ready")."""
+    reason = ""
+    with contextlib.suppress(EOFError, OSError):
+        while pipe.poll():
+            message = pipe.recv()
+            if message[0] == "error":
+                reason = str(message[1])
+    return reason
 
 
 def _stop(processes: list[BaseProcess]) -> None:
@@ -142,15 +155,18 @@ def _worker(settings: Settings, index: int, pipe: Connection) -> None:
             reuse_port=True,
             on_ready=lambda: pipe.send(("ready",)),
         )
-    except CurationError as exc:
+    except CurationError as exc:  # the supervisor reports it (one line at start)
         with contextlib.suppress(OSError):
             pipe.send(("error", str(exc), exc.exit_code))
-        log.error("proxy worker %d stopped: %s", index, exc)
         raise SystemExit(exc.exit_code) from None
 
 
 def check_free(host: str, port: int) -> None:
     """The port must be free: SO_REUSEPORT would let the workers join another proxy's."""
+    if port == 0:
+        raise InvalidInput(
+            "--workers needs a fixed port in --listen: with 0 each would get its own"
+        )
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
