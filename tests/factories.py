@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 
-from curation.capture.row import Row
+from curation.capture.row import Capture, Row
 from curation.db import capture
 
 _n = itertools.count(1)
@@ -107,3 +107,19 @@ async def write_batches(db_url: str, batches: list[list[Row]]) -> None:
                 await capture.insert_rows(conn, batch)
     finally:
         await conn.close()
+
+
+def spooled(**fields: Any) -> Capture:
+    """A spooled capture with neutral defaults: tests name only what they are about."""
+    defaults: dict[str, Any] = {
+        "namespace": "ns",
+        "started_at": 1.0,
+        "latency_ms": 1.0,
+        "streamed": False,
+        "content_encoding": None,
+        "request_id": None,
+        "tags_header": None,
+        "request": b"{}",
+        "response": b"{}",
+    }
+    return Capture(**{**defaults, **fields})

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from curation.capture import prompt, row, stream, tags
+from tests import factories
 
 
 def sse(*events: object) -> bytes:
@@ -200,8 +201,7 @@ def test_tags_merge_metadata_user_header() -> None:
 def capture(
     request: object, response: bytes, streamed: bool = False, encoding: str | None = None
 ) -> row.Capture:
-    return row.Capture(
-        namespace="ns",
+    return factories.spooled(
         started_at=1700000000.0,
         latency_ms=12.5,
         streamed=streamed,
@@ -247,7 +247,7 @@ def test_build_row_gzip_body() -> None:
 )
 def test_unrecordable(request_: object, response: bytes, reason: str) -> None:
     c = capture({}, response)
-    c = row.Capture(
+    c = factories.spooled(
         **{
             **c.__dict__,
             "request": request_ if isinstance(request_, bytes) else orjson.dumps(request_),
@@ -259,14 +259,7 @@ def test_unrecordable(request_: object, response: bytes, reason: str) -> None:
 
 def test_request_nul_escape_is_made_safe_for_jsonb() -> None:
     raw = b'{"messages": [{"role": "user", "content": "a\\u0000b"}]}'
-    c = row.Capture(
-        namespace="ns",
-        started_at=1.0,
-        latency_ms=1.0,
-        streamed=False,
-        content_encoding=None,
-        request_id=None,
-        tags_header=None,
+    c = factories.spooled(
         request=raw,
         response=b'{"choices": []}',
     )

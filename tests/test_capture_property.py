@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from curation.capture import prompt, rewrite, row, stream, tags
+from tests import factories
 
 INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 SCALARS = st.none() | st.booleans() | INT64 | st.floats(allow_nan=False, allow_infinity=False)
@@ -120,14 +121,9 @@ def captures(draw: st.DrawFn) -> row.Capture:
     try:
         return row.Capture.from_meta(meta, request, body)
     except row.Unrecordable:
-        return row.Capture(
-            namespace="ns",
-            started_at=1.0,
-            latency_ms=1.0,
+        return factories.spooled(
             streamed=streamed,
             content_encoding=encoding,
-            request_id=None,
-            tags_header=None,
             request=request,
             response=body,
         )

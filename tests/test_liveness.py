@@ -25,6 +25,7 @@ from curation.proxy import quarantine, recorder
 from curation.proxy.spool import Position, Spool, encode
 from curation.proxy.spool_reader import SpoolReader
 from curation.proxy.writer import Stats, Writer
+from tests import factories
 from tests.harness import ProxyProcess, Relay, query, wait_for
 from tests.test_durability import call, http, metrics, recorded, recorder_of
 
@@ -94,14 +95,8 @@ def test_queue_depth_is_exact_across_recorder_restarts(start_proxy: Start, db_ur
 
 def spooled_capture(text: str) -> capture_row.Capture:
     request = json.dumps({"model": "m", "messages": [{"role": "user", "content": text}]})
-    return capture_row.Capture(
+    return factories.spooled(
         namespace="dur",
-        started_at=1.0,
-        latency_ms=1.0,
-        streamed=False,
-        content_encoding=None,
-        request_id=None,
-        tags_header=None,
         request=request.encode(),
         response=b'{"choices": []}',
     )
@@ -182,14 +177,9 @@ def test_a_replayed_batch_sets_nothing_aside_twice(db_url: str, tmp_path: Path) 
     relay = Relay(db_url)
     relay.up()
     spool = spooled(tmp_path, [])
-    poison = capture_row.Capture(
+    poison = factories.spooled(
         namespace="dur",
-        started_at=1.0,
-        latency_ms=1.0,
         streamed=True,
-        content_encoding=None,
-        request_id=None,
-        tags_header=None,
         request=b'{"messages": []}',
         response=b"",
     )

@@ -18,6 +18,7 @@ from curation.curate import answers
 from curation.export import examples, validate
 from curation.export import responses as export_responses
 from curation.proxy import routing
+from tests import factories
 from tests.fake_openai import FakeOpenAI
 from tests.fake_openai.responses import _events
 from tests.test_capture_property import JSON, PROPERTY, assert_postgres_takes, encoded, shaped
@@ -64,14 +65,11 @@ def sse(events: list[dict[str, Any]]) -> bytes:
 
 
 def capture(request: dict[str, Any], response: bytes, streamed: bool = False) -> row.Capture:
-    return row.Capture(
-        namespace="ns",
+    return factories.spooled(
         started_at=1.7e9,
         latency_ms=12.0,
         streamed=streamed,
-        content_encoding=None,
         request_id="req_1",
-        tags_header=None,
         request=orjson.dumps(request),
         response=response,
         api=responses.API,
@@ -438,14 +436,9 @@ def responses_captures(draw: st.DrawFn) -> row.Capture:
     body, encoding = draw(encoded(body))
     request = draw(REQUEST if draw(st.integers(0, 9)) == 3 else GOOD_REQUEST)
     raw = draw(st.binary(max_size=20)) if draw(st.integers(0, 19)) == 3 else orjson.dumps(request)
-    return row.Capture(
-        namespace="ns",
-        started_at=1.0,
-        latency_ms=1.0,
+    return factories.spooled(
         streamed=streamed,
         content_encoding=encoding,
-        request_id=None,
-        tags_header=None,
         request=raw,
         response=body,
         api="responses",

@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from curation.capture import row, stream
+from tests import factories
 
 
 def sse(*chunks: dict[str, Any], done: bool = True) -> bytes:
@@ -115,14 +116,11 @@ def raw_deflate(data: bytes) -> bytes:
 
 def capture(response: bytes, encoding: str | None) -> row.Capture:
     request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Lyon?"}]}
-    return row.Capture(
+    return factories.spooled(
         namespace="enc",
         started_at=1700000000.0,
         latency_ms=5.0,
-        streamed=False,
         content_encoding=encoding,
-        request_id=None,
-        tags_header=None,
         request=json.dumps(request).encode(),
         response=response,
     )

@@ -18,6 +18,7 @@ from curation.capture import row as capture_row
 from curation.proxy.spool import Frame, Position, Spool, encode
 from curation.proxy.spool_reader import SpoolReader
 from curation.proxy.writer import Stats, Writer
+from tests import factories
 from tests.harness import Relay, query, wait_for
 
 NS = "guard"
@@ -27,14 +28,9 @@ COMMIT = b"Q\x00\x00\x00\x0bCOMMIT\x00"
 
 def capture(text: str) -> capture_row.Capture:
     request = {"model": "m", "messages": [{"role": "user", "content": text}]}
-    return capture_row.Capture(
+    return factories.spooled(
         namespace=NS,
         started_at=1700000000.0,
-        latency_ms=1.0,
-        streamed=False,
-        content_encoding=None,
-        request_id=None,
-        tags_header=None,
         request=json.dumps(request).encode(),
         response=b'{"choices": []}',
     )

@@ -2,7 +2,7 @@
 
 Every change names its curator (``curation.curator`` for the transaction), so
 the audit trigger records who did it; psql changes are recorded as the
-database user.
+database user. The queries themselves run in ``curation.db.curate``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from curation.db import queries
+from curation.db import curate as db
 from curation.errors import Conflict, InvalidInput, NotFound
 
 if TYPE_CHECKING:
@@ -37,40 +37,42 @@ class ListFilter:
 
 
 def as_curator(conn: Connection, curator: str) -> None:
-    conn.execute(queries.get("set_curator"), {"curator": curator})
+    db.set_curator(conn, curator)
 
 
 def list_rows(conn: Connection, namespace: str, f: ListFilter) -> list[dict[str, Any]]:
-    return conn.execute(*list_query(namespace, f)).fetchall()
+    return db.list_rows(conn, namespace, **_list_parts(f))
 
 
 def list_query(namespace: str, f: ListFilter) -> tuple[Composed, dict[str, Any]]:
     """The fixed query of ``f``'s state and order, with its filters (list_rows in curate.sql)."""
+    return db.list_query(namespace, **_list_parts(f))
+
+
+def _list_parts(f: ListFilter) -> dict[str, Any]:
+    """The named fragments of ``f``'s filters and order, and its parameters."""
     filters = [f"list_{f.state}"] if f.state in STATES else []
     filters += [f"list_{name}" for name in ("search", "since") if getattr(f, name) is not None]
     filters += [f"list_feedback_{f.feedback}"] if f.feedback in FEEDBACK else []  # feedback.sql
     order = "list_most_seen" if f.sort == "seen" else "list_newest"
-    query = queries.for_namespace("list_rows", namespace, filters=filters, order=order)
-    return query, {"namespace": namespace, "search": f.search, "since": f.since, "limit": f.limit}
+    return {
+        "filters": filters,
+        "order": order,
+        "search": f.search,
+        "since": f.since,
+        "limit": f.limit,
+    }
 
 
 def get_row(conn: Connection, namespace: str, row_id: int) -> dict[str, Any]:
-    row = conn.execute(
-        queries.for_namespace("get_row", namespace), {"namespace": namespace, "id": row_id}
-    ).fetchone()
+    row = db.get_row(conn, namespace, row_id)
     if row is None:
         raise NotFound(f"no row {row_id} in {namespace}; see: curation list {namespace}")
     return row
 
 
 def matching(conn: Connection, namespace: str, search: str) -> list[int]:
-    return [
-        int(r["id"])
-        for r in conn.execute(
-            queries.for_namespace("ids_matching", namespace),
-            {"namespace": namespace, "search": search},
-        )
-    ]
+    return db.ids_matching(conn, namespace, search)
 
 
 def set_state(
@@ -90,13 +92,7 @@ def set_state(
     if state not in STATES:
         raise InvalidInput(f"unknown state {state!r}")
     as_curator(conn, curator)
-    found = {
-        int(r["id"]): r["state"]
-        for r in conn.execute(
-            queries.for_namespace("row_states", namespace),
-            {"namespace": namespace, "ids": list(ids)},
-        )
-    }
+    found = db.row_states(conn, namespace, ids)
     missing = [i for i in ids if i not in found]
     if missing:
         raise NotFound(f"no row {', '.join(map(str, missing))} in {namespace}; nothing changed")
@@ -108,10 +104,7 @@ def set_state(
         )
     todo = [i for i in ids if found[i] != state]
     if todo:
-        conn.execute(
-            queries.for_namespace("set_state", namespace),
-            {"namespace": namespace, "ids": todo, "state": state, "note": note},
-        )
+        db.set_state(conn, namespace, todo, state, note)
     return todo
 
 
@@ -125,14 +118,11 @@ def set_correction(
     conn: Connection, namespace: str, row_id: int, message: dict[str, Any], *, curator: str
 ) -> None:
     as_curator(conn, curator)
-    conn.execute(
-        queries.for_namespace("set_correction", namespace),
-        {"namespace": namespace, "id": row_id, "correction": json.dumps(message)},
-    )
+    db.set_correction(conn, namespace, row_id, json.dumps(message))
 
 
 def history(conn: Connection, namespace: str, row_id: int) -> list[dict[str, Any]]:
-    return conn.execute(queries.get("history"), {"namespace": namespace, "id": row_id}).fetchall()
+    return db.history(conn, namespace, row_id)
 
 
 ROW_ID_MAX = 2**63 - 1  # ids are bigints
@@ -178,22 +168,16 @@ def purge(
     age = parse_age(older_than)
     total, after = 0, 0
     while True:
-        with conn.transaction():
-            as_curator(conn, curator)
-            deleted = [
-                int(r["id"])
-                for r in conn.execute(
-                    queries.for_namespace("purge_batch", namespace),
-                    {
-                        "namespace": namespace,
-                        "after": after,
-                        "older_than": age,
-                        "include_excluded": include_excluded,
-                        "force": force,
-                        "batch": batch,
-                    },
-                )
-            ]
+        deleted = db.purge_batch(
+            conn,
+            namespace,
+            curator=curator,
+            after=after,
+            older_than=age,
+            include_excluded=include_excluded,
+            force=force,
+            batch=batch,
+        )
         total += len(deleted)
         if len(deleted) < batch:
             return total
@@ -202,15 +186,9 @@ def purge(
 
 def next_pending(conn: Connection, namespace: str, skip: Sequence[int]) -> dict[str, Any] | None:
     """Lock and return the next row to review (call inside a transaction)."""
-    return conn.execute(
-        queries.for_namespace("next_pending", namespace),
-        {"namespace": namespace, "skip": list(skip)},
-    ).fetchone()
+    return db.next_pending(conn, namespace, skip)
 
 
 def progress(conn: Connection, namespace: str) -> tuple[int, int]:
-    row = conn.execute(
-        queries.for_namespace("review_progress", namespace), {"namespace": namespace}
-    ).fetchone()
-    assert row is not None
-    return int(row["reviewed"]), int(row["total"])
+    """(reviewed, total) rows of ``namespace``."""
+    return db.review_progress(conn, namespace)

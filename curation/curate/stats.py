@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from curation.db import namespaces, queries
+from curation.db import curate as db
+from curation.db import namespaces
 from curation.errors import InvalidInput
 from curation.export import models
 
@@ -47,8 +48,7 @@ def collect(
         namespaces.get(conn, namespace)
     models.check_file(models_file)  # a broken file must not read as unknown prices
     by_ns: dict[str, dict[str, Any]] = {}
-    filters = [] if namespace is None else ["stats_namespace"]
-    for row in conn.execute(queries.compose("stats", filters=filters), {"namespace": namespace}):
+    for row in db.stats(conn, namespace):
         entry = by_ns.setdefault(str(row["namespace"]), _empty(str(row["namespace"])))
         for key in SUMMED:
             entry[key] += int(row[key])
@@ -58,13 +58,10 @@ def collect(
             entry["unpriced_models"].append(str(row["model"] or NO_MODEL))
         else:
             entry["spend_usd"] += spend
-    with conn.transaction():
-        conn.execute(queries.get("stats_without_jit"))
-        found = conn.execute(queries.get("new_since_last_job"), {"namespace": namespace})
-        for row in found:
-            entry = by_ns.setdefault(str(row["namespace"]), _empty(str(row["namespace"])))
-            entry["new_since_last_job"] = int(row["new_included"])
-            entry["training_system_prompt"] = row["training_system_prompt"]
+    for row in db.new_since_last_job(conn, namespace):
+        entry = by_ns.setdefault(str(row["namespace"]), _empty(str(row["namespace"])))
+        entry["new_since_last_job"] = int(row["new_included"])
+        entry["training_system_prompt"] = row["training_system_prompt"]
     for entry in by_ns.values():
         entry["spend_usd"] = round(entry["spend_usd"], 4)
     return [by_ns[k] for k in sorted(by_ns)]
