@@ -18,6 +18,7 @@ from psycopg.rows import dict_row
 
 from curation.config import Settings, mask_url
 from curation.db import embedded
+from curation.db.errors import first_line
 from curation.errors import (
     CurationError,
     DatabaseUnavailable,
@@ -45,7 +46,7 @@ def check_url(url: str) -> dict[str, str]:
         params = conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:
         secret = mask_url(url) != url  # libpq's reason quotes the text: keep it out
-        reason = "" if secret else f" ({_first_line(exc)})"
+        reason = "" if secret else f" ({first_line(exc)})"
         raise InvalidInput(
             f"DATABASE_URL is not a PostgreSQL connection string{reason}: {URL_HINT}"
         ) from exc
@@ -70,7 +71,7 @@ def psql_invocation(url: str) -> tuple[str, dict[str, str]]:
 
 def unavailable(url: str, exc: BaseException) -> DatabaseUnavailable:
     return DatabaseUnavailable(
-        f"cannot connect to PostgreSQL at {mask_url(url)}: {_first_line(exc)}; "
+        f"cannot connect to PostgreSQL at {mask_url(url)}: {first_line(exc)}; "
         "check DATABASE_URL and that the server is running"
     )
 
@@ -79,15 +80,13 @@ def translate(url: str, exc: psycopg.Error) -> CurationError | None:
     """The one-line error a user can act on, or None (a bug: let it propagate)."""
     if isinstance(exc, psycopg.errors.InsufficientPrivilege):
         return PermissionDenied(
-            f"the database refused: {_first_line(exc)}; grant this login the curation_curator "
+            f"the database refused: {first_line(exc)}; grant this login the curation_curator "
             "role (or the owner's), or use another DATABASE_URL"
         )
     if isinstance(exc, psycopg.errors.UndefinedTable):
         return unknown_namespace(exc)
     if isinstance(exc, psycopg.DataError):
-        return InvalidInput(
-            f"the database refused a value: {_first_line(exc)}; check the arguments"
-        )
+        return InvalidInput(f"the database refused a value: {first_line(exc)}; check the arguments")
     if isinstance(exc, psycopg.OperationalError):
         return unavailable(url, exc)
     return None
@@ -127,8 +126,3 @@ def unknown_namespace(exc: psycopg.errors.UndefinedTable) -> NotFound | None:
     if found is None:
         return None
     return NotFound(f"unknown namespace {found.group(1)!r}; see: curation ns list")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

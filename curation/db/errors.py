@@ -4,7 +4,7 @@ Callers above ``db/`` never see a psycopg exception: ``wrap_errors`` turns a
 failure into ``DatabaseUnavailable`` (PostgreSQL is away: retry later) or
 ``RowRefused`` (PostgreSQL refused the data: set the row aside); anything else
 is a bug and propagates unchanged. The CLI's one-line translation of the sync
-connections is ``connect.translate``.
+connections, into the errors a user can act on, is ``connect.translate``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def wrap_errors(
     unavailable: tuple[type[BaseException], ...] = DATABASE_ERRORS,
     *,
     rows_on: psycopg.AsyncConnection[Any] | None = None,
+    refused: str | None = None,
 ) -> Iterator[None]:
     """Raise the project's error for what the block raised.
 
@@ -39,6 +40,7 @@ def wrap_errors(
     block writes rows on this connection, and a failure that leaves it healthy is
     the rows' fault, whatever it is (a value psycopg could not send, a constraint):
     ``RowRefused``. One that broke the connection means PostgreSQL is away.
+    ``refused``: any other psycopg error becomes a ``CurationError`` saying this.
     """
     try:
         yield
@@ -49,6 +51,8 @@ def wrap_errors(
             raise RowRefused(first_line(exc)) from exc
         if isinstance(exc, unavailable):
             raise DatabaseUnavailable(first_line(exc)) from exc
+        if refused is not None and isinstance(exc, psycopg.Error):
+            raise CurationError(f"{refused}: {first_line(exc)}") from exc
         raise
 
 

@@ -13,8 +13,8 @@ by whichever side comes second, and nothing depends on timing.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -25,7 +25,7 @@ from psycopg.rows import dict_row
 from curation.capture.row import Row
 from curation.db import queries
 from curation.db.connect import Connection
-from curation.errors import CurationError, DatabaseUnavailable
+from curation.db.errors import CONNECTION_ERRORS, wrap_errors
 
 AsyncConnection = psycopg.AsyncConnection[dict[str, Any]]
 CURATOR = "feedback"  # changed_by of proposals from feedback in curation_audit
@@ -61,16 +61,10 @@ async def connect(url: str) -> AsyncConnection:
     return conn
 
 
-@contextlib.contextmanager
-def _translated() -> Iterator[None]:
+def _translated() -> AbstractContextManager[None]:
     """PostgreSQL away (or too slow: a statement timeout) is DatabaseUnavailable; any
     other refusal is a bug (the event was checked) and a plain CurationError."""
-    try:
-        yield
-    except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
-        raise DatabaseUnavailable(_first_line(exc)) from exc
-    except psycopg.Error as exc:
-        raise CurationError(f"PostgreSQL refused the feedback: {_first_line(exc)}") from exc
+    return wrap_errors(CONNECTION_ERRORS, refused="PostgreSQL refused the feedback")
 
 
 async def close(conn: AsyncConnection) -> None:
@@ -191,8 +185,3 @@ def counts_of_rows(
         queries.get("feedback_counts_of_rows"), {"namespace": namespace, "ids": list(ids)}
     )
     return {int(r["row_id"]): {"positive": r["positive"], "negative": r["negative"]} for r in found}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
