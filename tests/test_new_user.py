@@ -311,6 +311,29 @@ def test_curation_edit_keeps_a_compact_answer_compact(
     assert fixed["corrected_response"]["content"] == '{"locations":["Lyon","Rome"]}'
 
 
+def test_saving_an_answer_as_it_was_stores_nothing(db_url: str, conn: Conn) -> None:
+    row = add_row(conn, "locations", "Lyon", '{"locations":["Lyon"]}')
+    done = run(db_url, "edit", "locations", str(row), env={"EDITOR": "true"})
+    assert done.exit_code == 0 and "unchanged: nothing stored" in done.stderr
+    [kept] = query(db_url, "SELECT corrected_response FROM locations_openai_chat_completion")
+    assert kept["corrected_response"] is None
+
+
+def test_edit_restores_an_old_correction_into_the_originals_style(db_url: str, conn: Conn) -> None:
+    """What doctor asks for: open the row, save it unchanged, and the correction is
+    stored again in the recorded answer's style."""
+    row = add_row(conn, "locations", "Lyon then Rome", '{"locations":["Lyon"]}')
+    spaced = '{"locations": ["Lyon", "Rome"]}'
+    conn.execute(
+        "UPDATE locations_openai_chat_completion SET corrected_response = %s::json WHERE id = %s",
+        (json.dumps({"role": "assistant", "content": spaced}), row),
+    )
+    done = run(db_url, "edit", "locations", str(row), env={"EDITOR": "true"})
+    assert done.exit_code == 0, done.output
+    [fixed] = query(db_url, "SELECT corrected_response FROM locations_openai_chat_completion")
+    assert fixed["corrected_response"]["content"] == '{"locations":["Lyon","Rome"]}'
+
+
 # -- messages ------------------------------------------------------------------------------------
 
 
