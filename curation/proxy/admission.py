@@ -25,13 +25,19 @@ class Refusal(Exception):
     """A call the proxy answers itself, in OpenAI's error shape."""
 
     def __init__(
-        self, status: int, message: str, code: str, kind: str = "invalid_request_error"
+        self,
+        status: int,
+        message: str,
+        code: str,
+        kind: str = "invalid_request_error",
+        *,
+        param: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.status, self.code, self.kind = status, code, kind
+        self.status, self.code, self.kind, self.param = status, code, kind, param
 
     def response(self) -> web.Response:
-        body = orjson.dumps(routing.error_body(str(self), self.code, self.kind))
+        body = orjson.dumps(routing.error_body(str(self), self.code, self.kind, self.param))
         return web.Response(status=self.status, body=body, content_type="application/json")
 
 

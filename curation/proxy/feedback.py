@@ -58,12 +58,11 @@ def new_call_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-class Invalid(Exception):
-    """A feedback body refused: OpenAI's error shape, naming the parameter."""
+class Invalid(Refusal):
+    """A feedback body refused (400): OpenAI's error shape, naming the parameter."""
 
     def __init__(self, message: str, param: str | None, code: str) -> None:
-        super().__init__(message)
-        self.param, self.code = param, code
+        super().__init__(400, message, code, param=param)
 
 
 def parse(body: bytes) -> db.Event:
@@ -169,13 +168,6 @@ def _is_answer(m: dict[str, Any]) -> bool:
     )
 
 
-def error(status: int, message: str, code: str, param: str | None = None) -> web.Response:
-    """OpenAI's error shape, with the parameter at fault (routing.error_body has none)."""
-    kind = "invalid_request_error" if status < 500 else "api_error"
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
-
-
 class Endpoint:
     """``POST /curation/v1/feedback``: check, store, answer."""
 
@@ -208,27 +200,31 @@ class Endpoint:
 
     async def _answer(self, request: web.Request) -> web.Response:
         if request.method != "POST":
-            return error(405, f"{PATH} takes POST only.", "method_not_allowed")
+            return Refusal(405, f"{PATH} takes POST only.", "method_not_allowed").response()
         try:
             admission.check_key(request.headers, self.keys)
             event = parse(await admission.read_body(request, self.body_settings))
-        except Refusal as refusal:
-            return error(refusal.status, str(refusal), refusal.code)
-        except Invalid as invalid:
-            return error(400, str(invalid), invalid.code, invalid.param)
+        except Refusal as refusal:  # Invalid too: it names the parameter at fault
+            return refusal.response()
         try:
             stored = await self._store(event)
         except (DatabaseUnavailable, TimeoutError) as exc:
             log.warning("feedback not stored, PostgreSQL unreachable: %s", exc or "timeout")
-            return error(
+            return Refusal(
                 503,
                 "Feedback cannot be stored now: the curation proxy cannot reach PostgreSQL. "
                 "Nothing was kept; send it again later.",
                 "database_unavailable",
-            )
+                "api_error",
+            ).response()
         except CurationError:  # a bug: the event was checked; the transaction rolled back
             log.exception("feedback not stored")
-            return error(500, "Feedback could not be stored (see the proxy's log).", "server_error")
+            return Refusal(
+                500,
+                "Feedback could not be stored (see the proxy's log).",
+                "server_error",
+                "api_error",
+            ).response()
         return web.json_response(
             {
                 "object": "curation.feedback",

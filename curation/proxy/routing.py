@@ -164,6 +164,8 @@ def accept_encoding(value: str | None) -> str:
     return ", ".join(kept) or "identity"
 
 
-def error_body(message: str, code: str, kind: str = "invalid_request_error") -> dict[str, object]:
+def error_body(
+    message: str, code: str, kind: str = "invalid_request_error", param: str | None = None
+) -> dict[str, object]:
     """OpenAI's error shape, so SDKs raise their usual exceptions."""
-    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}

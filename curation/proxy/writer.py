@@ -252,7 +252,6 @@ class Writer:
     ) -> None:
         await self._ensure_namespaces(conn, rows)  # committed on its own: short locks
         await db.write_batch(conn, self.spool.id, rows, end.segment, end.offset)
-        self.known_namespaces = (self.known_namespaces or set()) | {r.namespace for r in rows}
 
     async def _write_one_by_one(
         self, conn: db.AsyncConnection, rows: Sequence[capture_row.Row], end: Position
