@@ -278,7 +278,11 @@ def deleted_rows_forget_their_calls(c: Conn, level: str) -> None:
             [call, target],
         )
     c.execute(f"DELETE FROM {TABLE} WHERE id = %s", [row])
-    left = c.execute("SELECT r.row_id FROM recorded_call r JOIN feedback f ON f.call_id = r.id")
+    left = c.execute(
+        "SELECT r.row_id FROM recorded_call r JOIN feedback f ON f.call_id = r.id"
+        " WHERE r.row_id = ANY(%s)",
+        [[row, kept]],
+    )
     assert [r["row_id"] for r in left] == [kept]
 
 
