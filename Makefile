@@ -7,7 +7,7 @@ ifneq ($(wildcard $(SHARED_TT)),)
 export TIKTOKEN_CACHE_DIR ?= $(SHARED_TT)
 endif
 
-.PHONY: install run test coverage lint bench bench-proxy bench-export bench-curate bench-train clean
+.PHONY: install run test coverage lint bench bench-proxy bench-export bench-curate bench-coverage bench-train clean
 
 install: $(VENV)/.installed
 
@@ -47,7 +47,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: bench-proxy bench-export bench-curate
+bench: bench-proxy bench-export bench-curate bench-coverage
 
 bench-proxy: install
 	$(BIN)/python bench/proxy.py
@@ -59,6 +59,11 @@ bench-export: install
 ## (BENCH_ROWS=200000 or `bench/curate.py --rows N` for a smaller run; ~10 min at 1M here).
 bench-curate: install
 	$(BIN)/python bench/curate.py
+
+## Clustering at 100,000 and 1,000,000 generated prompts, end to end through PostgreSQL at
+## 100,000, and incremental assignment in rows/s (`bench/coverage.py --sizes N --db-rows N`).
+bench-coverage: install
+	$(BIN)/python bench/coverage.py
 
 ## The local LoRA trainer on this machine (needs the train extra; see bench/train.py for a GPU run).
 bench-train: install

@@ -51,13 +51,19 @@ class Settings:
     upstream_read_timeout: float = 600.0
     upstream_max_connections: int = 256
     student_timeout: float = 30.0
+    background_concurrency: int = 16  # shadow/watch calls in flight per proxy; over it: dropped
+    background_timeout: float = 60.0  # one shadow/watch call, from send to its whole answer
     recorder_stall_seconds: float = 60.0
+    rollout_decider: bool = True  # take part in deciding automatic rollouts (one decides at a time)
+    rollout_interval: float = 1.0  # seconds between the decider's ticks
     proxy_keys: tuple[str, ...] = ()
     access_log: bool = False
     log_level: str = "INFO"
     models_file: Path | None = None
     curator: str = "unknown"
     editor: str | None = None
+    web_listen: str = "127.0.0.1:8081"  # curation web
+    web_session_idle: float = 8 * 3600.0  # a web page session ends after this long unused
 
     @property
     def effective_spool_dir(self) -> Path:
@@ -105,7 +111,11 @@ ENV: dict[str, tuple[str, Any]] = {
     "CURATION_UPSTREAM_READ_TIMEOUT": ("upstream_read_timeout", "seconds"),
     "CURATION_UPSTREAM_MAX_CONNECTIONS": ("upstream_max_connections", "count"),
     "CURATION_STUDENT_TIMEOUT": ("student_timeout", "seconds"),
+    "CURATION_BACKGROUND_CONCURRENCY": ("background_concurrency", "count"),
+    "CURATION_BACKGROUND_TIMEOUT": ("background_timeout", "seconds"),
     "CURATION_RECORDER_STALL_SECONDS": ("recorder_stall_seconds", "seconds"),
+    "CURATION_ROLLOUT_DECIDER": ("rollout_decider", "bool"),
+    "CURATION_ROLLOUT_INTERVAL": ("rollout_interval", "seconds"),
     "CURATION_PROXY_KEYS": ("proxy_keys", "list"),
     "CURATION_ACCESS_LOG": ("access_log", "bool"),
     "CURATION_LOG_LEVEL": ("log_level", "level"),
@@ -113,6 +123,8 @@ ENV: dict[str, tuple[str, Any]] = {
     "USER": ("curator", str),
     "CURATION_CURATOR": ("curator", str),
     "EDITOR": ("editor", str),
+    "CURATION_WEB_LISTEN": ("web_listen", str),
+    "CURATION_WEB_SESSION_IDLE": ("web_session_idle", "seconds"),
     "VISUAL": ("editor", str),
 }
 
@@ -224,7 +236,11 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "upstream_read_timeout": (0.001, DAY),
     "upstream_max_connections": (1, 100_000),
     "student_timeout": (0.01, DAY),
+    "background_concurrency": (1, 100_000),
+    "background_timeout": (0.01, DAY),
     "recorder_stall_seconds": (1.0, DAY),
+    "rollout_interval": (0.01, 3600.0),
+    "web_session_idle": (60.0, 30 * DAY),
 }
 
 

@@ -286,6 +286,64 @@ def deleted_rows_forget_their_calls(c: Conn, level: str) -> None:
     assert [r["row_id"] for r in left] == [kept]
 
 
+def deleted_rows_leave_their_cluster(c: Conn, level: str) -> None:
+    row, kept = new_row(c, f"{level} clustered gone"), new_row(c, f"{level} clustered kept")
+    cluster = one(c, "INSERT INTO coverage_cluster (namespace) VALUES ('locations') RETURNING id", [])
+    for target in (row, kept):
+        c.execute(
+            "INSERT INTO coverage_row (row_id, namespace, cluster_id, signature)"
+            " VALUES (%s, 'locations', %s, '\\x00')",
+            [target, cluster["id"]],
+        )
+    c.execute(f"DELETE FROM {TABLE} WHERE id = %s", [row])
+    left = c.execute("SELECT row_id FROM coverage_by_row WHERE cluster_id = %s", [cluster["id"]])
+    assert [r["row_id"] for r in left] == [kept]
+
+
+def corrected_and_proposed_rows_are_indexed(c: Conn, level: str) -> None:
+    """0010 (web page): each partition has the partial indexes of both filters."""
+    found = c.execute(
+        "SELECT indexdef FROM pg_indexes WHERE tablename = %s AND indexdef LIKE '%%IS NOT NULL%%'"
+        " AND (indexdef LIKE '%%corrected_response%%' OR indexdef LIKE '%%proposed_response%%')",
+        [TABLE],
+    ).fetchall()
+    assert len(found) == 2, level
+
+
+def disagreements_are_viewed(c: Conn, level: str) -> None:
+    """0009: a comparison the student lost shows in shadow_disagreement, with its row."""
+    row, call = new_row(c, f"{level} disagreed"), uuid.uuid4()
+    c.execute(
+        "INSERT INTO recorded_call (id, namespace, row_id) VALUES (%s, 'locations', %s)",
+        [call, row],
+    )
+    c.execute(
+        "INSERT INTO shadow_comparison (call_id, namespace, kind, student_model, agreed)"
+        " VALUES (%s, 'locations', 'shadow', 'ft:s', false)",
+        [call],
+    )
+    seen = c.execute("SELECT row_id FROM shadow_disagreement WHERE call_id = %s", [call])
+    assert [r["row_id"] for r in seen] == [row]
+
+
+def flagged_rows_are_indexed_and_acceptable(c: Conn, level: str) -> None:
+    """0012: a partition indexes its flagged rows; a curator may accept flags, not set them."""
+    row = new_row(c, f"{level} flagged")
+    c.execute(f"UPDATE {TABLE} SET flags = '{{truncated}}' WHERE id = %s", [row])
+    found = c.execute(
+        "SELECT indexdef FROM pg_indexes WHERE tablename = %s AND indexdef LIKE '%%flags <>%%'",
+        [TABLE],
+    ).fetchall()
+    assert len(found) == 1, level
+    granted = one(
+        c,
+        "SELECT has_column_privilege('curation_curator', %s, 'flags_accepted_at', 'UPDATE') AS a,"
+        " has_column_privilege('curation_curator', %s, 'flags', 'UPDATE') AS f",
+        [TABLE, TABLE],
+    )
+    assert granted == {"a": True, "f": False}, level
+
+
 # What each revision defines on the completions table (and so on every partition), and
 # a check that it fires. A revision that adds a trigger there needs a row here.
 TRIGGERS: dict[str, tuple[set[str], Callable[[Conn, str], None] | None]] = {
@@ -295,6 +353,10 @@ TRIGGERS: dict[str, tuple[set[str], Callable[[Conn, str], None] | None]] = {
     "0004": ({"refuse_truncate"}, audit_is_tamper_proof),
     "0006": ({"count_inserts", "count_updates", "count_deletes"}, rows_are_counted),
     "0008": ({"forget_calls"}, deleted_rows_forget_their_calls),
+    "0009": (set(), disagreements_are_viewed),
+    "0010": (set(), corrected_and_proposed_rows_are_indexed),
+    "0011": ({"forget_coverage"}, deleted_rows_leave_their_cluster),
+    "0012": (set(), flagged_rows_are_indexed_and_acceptable),
 }
 
 

@@ -36,7 +36,7 @@ COMMENT ON COLUMN namespace.compare IS 'How a student''s answer is compared with
 COMMENT ON COLUMN namespace.serve_shadow_percent IS 'Share of the calls the teacher answers (0-100) that are also sent to serve_model in the background and compared; the client never waits for it.';
 COMMENT ON COLUMN namespace.serve_watch_percent IS 'Share of the calls serve_model answers (0-100) that the teacher also answers in the background, to keep comparing after a rollout.';
 COMMENT ON COLUMN namespace.shadow_per_minute IS 'Budget of background (shadow and watch) calls per minute per proxy; calls over it are dropped and counted.';
-COMMENT ON COLUMN namespace.rollout IS 'Automatic rollout policy and state (curation serve --rollout auto); NULL: the share is set by hand.';
+COMMENT ON COLUMN namespace.rollout IS 'Automatic rollout (curation serve --rollout auto); NULL: the share is set by hand. {"model": the student, "stage": "shadow" or a step such as "25%", "since": when the stage began (the decider counts comparisons from then), "started_by": login, "policy": {"steps": [5, 25, 50, 100], "promote_at": 0.95, "min_samples": 200, "demote_below": 0.9, "max_error_rate": 0.02, "watch_percent": 2, "shadow_percent": 100, "window": 100, "min_window": 50, "min_calls": 50, "error_window_s": 60}}. Promote: the last min_samples comparisons of the stage agree at >= promote_at. Demote (any step, to shadow; shadow never demotes itself): the last window (>= min_window) comparisons of the stage agree below demote_below, or more than max_error_rate of >= min_calls student calls of the stage, over the last error_window_s, failed.';
 
 CREATE TABLE shadow_comparison (
     id bigserial PRIMARY KEY,
@@ -106,9 +106,19 @@ COMMENT ON COLUMN rollout_step.reason IS 'Why, in one line: promote (agreement 0
 COMMENT ON COLUMN rollout_step.decided_by IS 'The proxy (host:pid) that held the decider lock, or the login that ran curation serve.';
 
 GRANT SELECT ON shadow_comparison, serving_tally, rollout_step TO curation_curator;
+
+CREATE VIEW shadow_disagreement AS
+SELECT r.namespace, r.row_id, s.call_id, s.kind, s.student_model, s.student_answer,
+       s.teacher_answer, s.created_at
+FROM shadow_comparison s
+JOIN recorded_call r ON r.id = s.call_id
+WHERE s.agreed = false AND r.row_id IS NOT NULL;
+COMMENT ON VIEW shadow_disagreement IS 'Every live comparison where the student disagreed with the teacher, with the row it was recorded in: what the next dataset should teach (curation review NS --disagreements).';
+GRANT SELECT ON shadow_disagreement TO curation_curator;
 """
 
 DOWNGRADE = r"""
+DROP VIEW shadow_disagreement;
 DROP TABLE rollout_step;
 DROP TABLE serving_tally;
 DROP TABLE shadow_comparison;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 import zlib
 from dataclasses import dataclass
@@ -11,10 +12,12 @@ from typing import Any
 import orjson
 
 from curation import names
+from curation.capture import flags as auto_flags
 from curation.capture import prompt, responses, stream, tags
 from curation.capture.shape import Unrecordable, int32, obj, text
 
 MAX_DECODED = 256 << 20  # a decompressed response over this is a bomb, not a completion
+log = logging.getLogger("curation.writer")
 
 __all__ = ["Capture", "Row", "Unrecordable", "build", "decode_body"]
 
@@ -116,6 +119,7 @@ class Row:
     response_id: str | None = None  # responses: the Response's id, which later turns name
     previous_response_id: str | None = None  # responses: the earlier turn this one continues
     call_id: str | None = None  # recorded_call maps it to this row (or the row it repeats)
+    flags: list[str] | None = None  # capture/flags.py; None: not computed (the backfill does)
 
 
 def decode_body(body: bytes, encoding: str | None) -> bytes:
@@ -229,8 +233,18 @@ def _row(
         rewritten=capture.rewritten,
         fallback_from=capture.fallback_from,
         call_id=capture.call_id,
+        flags=_flags(request, response, capture.rewritten),
         **by_api,
     )
+
+
+def _flags(request: Any, response: Any, rewritten: bool) -> list[str] | None:
+    """The row's flags; a bug in a check costs the flags (the backfill retries), never the row."""
+    try:
+        return auto_flags.for_row(request, response, rewritten=rewritten)
+    except Exception:
+        log.exception("flagging a capture failed; its row is recorded without flags")
+        return None
 
 
 def _json(raw: bytes, what: str) -> Any:

@@ -114,17 +114,21 @@ def main(
 def _register() -> None:
     from curation.cli import (
         config_cmd,
+        coverage_cmd,
         curate_cmd,
         db_cmd,
         doctor_cmd,
         eval_cmd,
         export_cmd,
+        flags_cmd,
         jobs_cmd,
         ns_cmd,
         proxy_cmd,
         review_cmd,
+        serve_cmd,
         student_cmd,
         train_cmd,
+        web_cmd,
     )
 
     for module in (
@@ -134,12 +138,16 @@ def _register() -> None:
         proxy_cmd,
         curate_cmd,
         review_cmd,
+        coverage_cmd,
+        flags_cmd,
         export_cmd,
         jobs_cmd,
         eval_cmd,
+        serve_cmd,
         student_cmd,
         train_cmd,
         doctor_cmd,
+        web_cmd,
     ):
         for command in module.COMMANDS:
             main.add_command(command)

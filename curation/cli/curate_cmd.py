@@ -10,11 +10,12 @@ from typing import Any
 
 import click
 
+from curation.capture.flags import REASONS as FLAG_REASONS
 from curation.cli.context import AppContext, pass_app
 from curation.cli.output import dumps, emit, json_option, visible
 from curation.cli.params import ROW_ID, curator_option, who
-from curation.cli.review_cmd import feedback_event, feedback_summary, render
-from curation.curate import rows, stats
+from curation.cli.review_cmd import disagreement_lines, feedback_event, feedback_summary, render
+from curation.curate import flagged, rows, stats
 
 LIST_COLUMNS = ["id", "times_seen", "last_seen_at", "user_prompt", "answer", "state"]
 SHOWN_FEEDBACK = 10  # show lists the latest feedback events (--json: these too)
@@ -34,6 +35,16 @@ SHOWN_FEEDBACK = 10  # show lists the latest feedback events (--json: these too)
     type=click.Choice(rows.FEEDBACK),
     help="Only rows with feedback from production: a negative or positive score, or any.",
 )
+@click.option(
+    "--flag",
+    type=click.Choice([*FLAG_REASONS, "any"]),
+    help="Only rows flagged for REASON when recorded (any: flagged at all).",
+)
+@click.option(
+    "--disagreements",
+    is_flag=True,
+    help="Only rows a live student disagreed on (curation serve --shadow), latest first.",
+)
 @json_option
 @pass_app
 def list_command(
@@ -45,6 +56,8 @@ def list_command(
     limit: int,
     most_seen: bool,
     feedback: str | None,
+    flag: str | None,
+    disagreements: bool,
     as_json: bool,
 ) -> None:
     """List NAMESPACE's captured rows."""
@@ -55,12 +68,17 @@ def list_command(
         limit=limit,
         sort="seen" if most_seen else "recent",
         feedback=feedback,
+        flag=flag,
+        disagreements=disagreements,
     )
     with app.db() as conn:
         found = rows.list_rows(conn, namespace, f)
         if feedback:
             found = with_feedback_counts(conn, namespace, found)
-    emit(found, as_json, [*LIST_COLUMNS, "feedback"] if feedback else LIST_COLUMNS)
+    columns = [*LIST_COLUMNS, "feedback"] if feedback else LIST_COLUMNS
+    if flag and not as_json:
+        found, columns = [r | {"flags": ", ".join(r["flags"])} for r in found], [*columns, "flags"]
+    emit(found, as_json, columns)
 
 
 def with_feedback_counts(
@@ -85,16 +103,23 @@ def with_feedback_counts(
 def show_command(app: AppContext, namespace: str, row_id: int, as_json: bool) -> None:
     """Show one row: prompt, production prompt, answer, usage, state, feedback, history."""
     from curation.db import feedback as db_feedback  # psycopg: not for `curation --help`
+    from curation.db import rollout as db_rollout
 
     with app.db() as conn:
         row = rows.get_row(conn, namespace, row_id)
         audit = rows.history(conn, namespace, row_id)
         counts = db_feedback.counts(conn, namespace, row_id)
         events = db_feedback.events(conn, namespace, row_id, SHOWN_FEEDBACK)
+        disagreed = db_rollout.last_disagreement(conn, namespace, row_id)
     if as_json:
-        click.echo(dumps({**row, "feedback": {**counts, "events": events}, "history": audit}))
+        feedback = {**counts, "events": events}
+        click.echo(
+            dumps({**row, "feedback": feedback, "history": audit, "disagreement": disagreed})
+        )
         return
     click.echo(render({**row, "feedback": counts}))
+    for line in disagreement_lines(disagreed):
+        click.echo(line)
     for e in events:
         click.echo(visible(feedback_event(e)))
     for h in audit:
@@ -123,6 +148,7 @@ def decide(state: str) -> Any:
         yes: bool,
         curator: str | None,
         reason: str | None = None,
+        accept_flags: bool = False,
     ) -> None:
         with app.db() as conn:
             targets = list(ids)
@@ -142,7 +168,13 @@ def decide(state: str) -> Any:
                 curator=who(app, curator),
                 note=reason,
                 strict=not search,
+                accept_flags=accept_flags,
             )
+            if state == "included" and changed:
+                from curation.curate import coverage  # numpy, datasketch: not for --help
+
+                for line in coverage.near_duplicate_warnings(conn, namespace, changed):
+                    click.echo(f"warning: {line}", err=True)
         click.echo(
             f"{len(changed)} row{'s' if len(changed) != 1 else ''} {state}: {', '.join(map(str, changed))}"
         )
@@ -151,7 +183,11 @@ def decide(state: str) -> Any:
 
 
 include_command = click.command("include", help="Include rows in the training data.")(
-    decide("included")
+    click.option(
+        "--accept-flags",
+        is_flag=True,
+        help="Include flagged rows too (truncated, refusal...): you read them; export keeps them.",
+    )(decide("included"))
 )
 reset_command = click.command("reset", help="Undo a decision: rows go back to pending.")(
     decide("pending")
@@ -195,7 +231,14 @@ def stats_command(app: AppContext, namespace: str | None, as_json: bool) -> None
     if as_json:
         emit(found, True)
         return
-    shown = [e | {"training_system_prompt": e["training_system_prompt"] or "(none)"} for e in found]
+    shown = [
+        e
+        | {
+            "training_system_prompt": e["training_system_prompt"] or "(none)",
+            "flags": flagged.summary(e["flags"]),
+        }
+        for e in found
+    ]
     emit(shown, False, list(stats.COLUMNS))
     for warning in (w for e in found for w in e["warnings"]):
         click.echo(f"warning: {warning}", err=True)

@@ -112,8 +112,61 @@ def summary(result: ExportResult) -> list[str]:
         f"tokens counted with {m['counted_with']}; cost: {m['cost_basis']}",
     ]
     lines += [f"skipped row {s['id']}: {s['reason']}" for s in m["skipped"]]
+    lines += dropped_lines(m.get("near_duplicates"))
+    lines += pii_lines(m.get("pii"))
     lines += [f"{WARNING}{w}" for w in m["warnings"]]
     return lines
+
+
+def dedupe_near(conn: Any, request: ExportRequest) -> ExportRequest:
+    """The request with the near-duplicates it would write marked to drop."""
+    from dataclasses import replace
+
+    from curation.curate import coverage
+
+    drop = coverage.near_duplicates_to_drop(conn, request.namespace, request.filters)
+    return replace(request, near_duplicates=drop)
+
+
+SHOWN_DROPPED = 20  # the manifest lists them all
+
+
+def dropped_lines(dropped: list[dict[str, int]] | None) -> list[str]:
+    """``--dedupe near``'s drops: one line, the first SHOWN_DROPPED as ``id (kept K)``."""
+    if dropped is None:
+        return []
+    if not dropped:
+        return ["dropped no near-duplicates"]
+    shown = ", ".join(f"{d['id']} (kept {d['kept']})" for d in dropped[:SHOWN_DROPPED])
+    more = (
+        f" and {len(dropped) - SHOWN_DROPPED} more (see manifest.json)"
+        if len(dropped) > SHOWN_DROPPED
+        else ""
+    )
+    return [f"dropped {len(dropped)} near-duplicate rows: {shown}{more}"]
+
+
+def with_pii(request: ExportRequest, mode: str, region: str) -> ExportRequest:
+    """The request with its personal-data mode and phone region (checked here: one line)."""
+    from dataclasses import replace
+
+    code = region.strip().upper()
+    if code != "NONE":
+        import phonenumbers
+
+        if code not in phonenumbers.SUPPORTED_REGIONS:
+            raise click.BadParameter(
+                f"{region[:20]!r} is not a region code: use a two-letter one like US or DE, "
+                "or NONE",
+                param_hint="--pii-region",
+            )
+    return replace(request, pii=mode, pii_region=None if code == "NONE" else code)
+
+
+def pii_lines(found: dict[str, Any] | None) -> list[str]:
+    from curation.export.pii import report_lines
+
+    return report_lines(found)
 
 
 def _usd(amount: float | None) -> str:
@@ -133,6 +186,29 @@ def _usd(amount: float | None) -> str:
 @click.option(
     "--format", "fmt", type=click.Choice(["chat", "dpo"]), default="chat", show_default=True
 )
+@click.option(
+    "--dedupe",
+    type=click.Choice(["none", "near"]),
+    default="none",
+    show_default=True,
+    help="near: keep one row of each group of near-identical prompts (corrected, then most "
+    "seen, then oldest) and list the others in the manifest.",
+)
+@click.option(
+    "--pii",
+    type=click.Choice(["report", "redact", "refuse"]),
+    default="report",
+    show_default=True,
+    help="Personal data (e-mail, phone, card, IBAN, IP, API keys): list the rows (values "
+    "masked), replace each with a placeholder like <EMAIL_1>, or write nothing if any is found.",
+)
+@click.option(
+    "--pii-region",
+    default="US",
+    show_default=True,
+    envvar="CURATION_PII_REGION",
+    help="Region (ISO code) phone numbers without a + are read as; NONE: only + numbers.",
+)
 @json_option
 @pass_app
 def export_command(
@@ -142,14 +218,19 @@ def export_command(
     out: Path,
     ids: tuple[int, ...] | None,
     fmt: str,
+    dedupe: str,
+    pii: str,
+    pii_region: str,
     as_json: bool,
     **options: Any,
 ) -> None:
     """Write NAMESPACE's included rows as train/validation JSONL and a manifest."""
     with app.db() as conn:
-        result = run_export(
-            conn, build_request(app, conn, namespace, out, options, fmt, ids or ()), as_json
-        )
+        request = build_request(app, conn, namespace, out, options, fmt, ids or ())
+        if dedupe == "near":
+            request = dedupe_near(conn, request)
+        request = with_pii(request, pii, pii_region)
+        result = run_export(conn, request, as_json)
     if as_json:  # warnings go to stderr, so stdout stays the result alone
         click.echo(dumps({**result.manifest, "train_path": str(result.train_path)}))
         lines = [f"{WARNING}{w}" for w in result.manifest["warnings"]]

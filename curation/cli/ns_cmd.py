@@ -89,6 +89,9 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
         found = namespaces.get(conn, name)
         data: dict[str, Any] = asdict(found) | {"table": found.table}
         data |= namespaces.counts(conn, name)
+        from curation.db import rollout as db_rollout  # psycopg: not for `curation --help`
+
+        data["compare"] = db_rollout.compare_of(conn, name) or "exact"
     warnings = [] if found.training_system_prompt else [missing_prompt_warning(name)]
     if as_json:
         emit(data | {"warnings": warnings}, True)
@@ -108,6 +111,11 @@ def show(app: AppContext, name: str, as_json: bool) -> None:
     "--backend",
     help=f"New default training backend: {', '.join(backends.names())} ('' clears it: openai).",
 )
+@click.option(
+    "--compare",
+    help="How live shadow and watch answers are compared with the teacher's: exact, json, or a "
+    "command as curation eval --compare takes ('' clears it: exact).",
+)
 @pass_app
 def set_(
     app: AppContext,
@@ -115,8 +123,10 @@ def set_(
     system_prompt: str | None,
     base_model: str | None,
     backend: str | None,
+    compare: str | None,
 ) -> None:
-    """Change a namespace's settings: its prompt, and the model and backend it trains on."""
+    """Change a namespace's settings: its prompt, the model and backend it trains on, and
+    how the proxy compares a student with its teacher."""
     changes: dict[str, Any] = {}
     if system_prompt is not None:
         changes["training_system_prompt"] = system_prompt or None
@@ -124,10 +134,20 @@ def set_(
         changes["base_model"] = base_model or None
     if backend is not None:
         changes["backend"] = backends.check(backend) if backend else None
-    if not changes:
-        raise click.UsageError("nothing to change: give --system-prompt, --model and/or --backend")
+    if not changes and compare is None:
+        raise click.UsageError(
+            "nothing to change: give --system-prompt, --model, --backend and/or --compare"
+        )
     with app.db() as conn:
-        namespaces.update(conn, name, **changes)
+        if changes:
+            namespaces.update(conn, name, **changes)
+        if compare is not None:
+            from curation.db import rollout as db_rollout
+            from curation.rollout.control import check_compare
+
+            namespaces.get(conn, name)
+            db_rollout.set_compare(conn, name, check_compare(compare))
+            changes["compare"] = compare
     click.echo(f"updated {name}: {', '.join(sorted(changes))}")
 
 

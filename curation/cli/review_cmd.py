@@ -53,6 +53,25 @@ def feedback_event(e: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def disagreement_lines(d: dict[str, Any] | None) -> list[str]:
+    """A live student's answer beside the teacher's, where they disagreed (serve --shadow)."""
+    if d is None:
+        return []
+
+    def said(message: Any) -> str:
+        if isinstance(message, dict) and isinstance(message.get("content"), str):
+            return visible(message["content"])
+        return visible(json.dumps(message)[:2000])
+
+    return [
+        click.style(
+            f"disagreement ({d['kind']}, {d['created_at']:%Y-%m-%d %H:%M}):", fg="yellow", bold=True
+        ),
+        f"  teacher: {said(d['teacher_answer'])}",
+        f"  student {visible(d['student_model'])}: {said(d['student_answer'])}",
+    ]
+
+
 def render(row: dict[str, Any], progress: str | None = None) -> str:
     """One row for a terminal: captured text goes through ``visible``, labels are styled."""
     original = answers.text(answers.recorded(row.get("response")))
@@ -83,6 +102,12 @@ def render(row: dict[str, Any], progress: str | None = None) -> str:
         lines.append(
             f"feedback: {feedback_summary(fb)} ({fb['total']} event{'s' if fb['total'] != 1 else ''}"
             f"{corrections})"
+        )
+    if row.get("flags"):
+        accepted = row.get("flags_accepted_by")
+        lines.append(
+            click.style(f"flags: {', '.join(row['flags'])}", fg="yellow", bold=True)
+            + (f" (accepted by {visible(accepted)})" if accepted else " (including accepts them)")
         )
     if row.get("note"):
         lines.append(f"note: {visible(row['note'])}")
@@ -194,8 +219,15 @@ class Session:
         return f"{', '.join(parts)} this session" if parts else "nothing decided this session"
 
     def set_state(self, row_id: int, state: str, strict: bool = True) -> None:
+        # the row's flags are on screen (render): including it accepts them
         rows.set_state(
-            self.conn, self.namespace, [row_id], state, curator=self.curator, strict=strict
+            self.conn,
+            self.namespace,
+            [row_id],
+            state,
+            curator=self.curator,
+            strict=strict,
+            accept_flags=state == "included",
         )
 
 
@@ -318,12 +350,51 @@ def feedback_counts(conn: Any, namespace: str, row_id: int) -> dict[str, int]:
     return db_feedback.counts(conn, namespace, row_id)
 
 
+def next_row(conn: Any, namespace: str, skip: list[int], order: str) -> dict[str, Any] | None:
+    """The row to show next: by coverage (then rows that arrived since it assigned them),
+    or most seen first."""
+    if order == "coverage":
+        from curation.curate import coverage  # numpy, datasketch: not for `curation --help`
+
+        row = coverage.next_for_review(conn, namespace, skip)
+        if row is not None:
+            return row
+    return rows.next_pending(conn, namespace, skip)
+
+
+def disagreed_row(conn: Any, namespace: str, skip: list[int]) -> dict[str, Any] | None:
+    """The pending row a live student disagreed on last, with the two answers to show."""
+    from curation.db import rollout as db_rollout  # psycopg: not for `curation --help`
+
+    row = db_rollout.next_disagreement(conn, namespace, skip)
+    if row is not None:
+        found = db_rollout.last_disagreement(conn, namespace, row["id"])
+        row["disagreement_lines"] = disagreement_lines(found)
+    return row
+
+
 @click.command("review")
 @click.argument("namespace")
 @curator_option
+@click.option(
+    "--order",
+    type=click.Choice(["seen", "coverage"]),
+    default="seen",
+    show_default=True,
+    help="seen: most seen first; coverage: uncovered clusters first (see curation coverage).",
+)
+@click.option(
+    "--disagreements",
+    is_flag=True,
+    help="Rows a live student disagreed on first, latest first (curation serve --shadow).",
+)
 @pass_app
-def review_command(app: AppContext, namespace: str, curator: str | None) -> None:
-    """Review pending rows one by one, most seen first.
+def review_command(
+    app: AppContext, namespace: str, curator: str | None, order: str, disagreements: bool
+) -> None:
+    """Review pending rows one by one, most seen first (or by --order coverage: rows of
+    clusters with no included row first, biggest first; then, within covered clusters,
+    the rows least like those already included).
 
     Keys: i include, e exclude, c correct (editor) and include, a/r accept/reject a
     teacher's proposal, s skip, u undo last, q quit.
@@ -332,15 +403,22 @@ def review_command(app: AppContext, namespace: str, curator: str | None) -> None
     need_terminal()
     with app.db(autocommit=True) as conn:
         s = Session(app, conn, namespace, who(app, curator))
+        if order == "coverage":
+            from curation.curate import coverage
+
+            coverage.update(conn, namespace)  # rows captured since the last run get a cluster
         while True:
             with conn.transaction():
-                row = rows.next_pending(conn, namespace, s.skipped)
+                row = disagreed_row(conn, namespace, s.skipped) if disagreements else None
+                row = row or next_row(conn, namespace, s.skipped, order)
                 if row is None:
                     click.echo(f"nothing left to review; {s.tally()}")
                     return
                 row["feedback"] = feedback_counts(conn, namespace, row["id"])
                 done, total = rows.progress(conn, namespace)
                 click.echo("\n" + render(row, f"{done}/{total} reviewed"))
+                for line in row.get("disagreement_lines", []):
+                    click.echo(line)
                 if not review_row(s, row):
                     click.echo(s.tally())
                     return

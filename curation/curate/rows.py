@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from curation.curate import flagged
 from curation.db import curate as db
 from curation.errors import Conflict, InvalidInput, NotFound
 
@@ -34,6 +35,8 @@ class ListFilter:
     limit: int = 50
     sort: str = "recent"
     feedback: str | None = None  # negative, positive or any: rows with such feedback
+    flag: str | None = None  # a reason of capture/flags.py, or any: rows flagged so
+    disagreements: bool = False  # only rows a live student disagreed on, latest first
 
 
 def as_curator(conn: Connection, curator: str) -> None:
@@ -54,13 +57,17 @@ def _list_parts(f: ListFilter) -> dict[str, Any]:
     filters = [f"list_{f.state}"] if f.state in STATES else []
     filters += [f"list_{name}" for name in ("search", "since") if getattr(f, name) is not None]
     filters += [f"list_feedback_{f.feedback}"] if f.feedback in FEEDBACK else []  # feedback.sql
+    filters += [] if f.flag is None else ["list_flag_any" if f.flag == "any" else "list_flag"]
     order = "list_most_seen" if f.sort == "seen" else "list_newest"
+    if f.disagreements:  # rollout.sql: shadow_disagreement
+        filters, order = [*filters, "list_disagreements"], "list_last_disagreement"
     return {
         "filters": filters,
         "order": order,
         "search": f.search,
         "since": f.since,
         "limit": f.limit,
+        "flag": f.flag,
     }
 
 
@@ -84,10 +91,13 @@ def set_state(
     curator: str,
     note: str | None = None,
     strict: bool = True,
+    accept_flags: bool = False,
 ) -> list[int]:
     """Move rows to ``state`` (all or none); returns the ids changed.
 
     ``strict``: a row already in that state is an error; otherwise it is left out.
+    Including a flagged row needs ``accept_flags`` (the curator saw its flags), which
+    is recorded, also on a row already included.
     """
     if state not in STATES:
         raise InvalidInput(f"unknown state {state!r}")
@@ -96,7 +106,12 @@ def set_state(
     missing = [i for i in ids if i not in found]
     if missing:
         raise NotFound(f"no row {', '.join(map(str, missing))} in {namespace}; nothing changed")
-    already = [i for i in ids if found[i] == state]
+    accepted = (
+        flagged.check_include(conn, namespace, ids, accept=accept_flags)
+        if state == "included"
+        else []
+    )
+    already = [i for i in ids if found[i] == state and i not in accepted]
     if already and strict:
         raise Conflict(
             f"{_rows(already)} already {state}; nothing changed "
@@ -105,7 +120,8 @@ def set_state(
     todo = [i for i in ids if found[i] != state]
     if todo:
         db.set_state(conn, namespace, todo, state, note)
-    return todo
+    flagged.accept(conn, namespace, accepted)
+    return sorted(set(todo) | set(accepted))
 
 
 def _rows(ids: Sequence[int]) -> str:

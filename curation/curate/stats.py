@@ -1,5 +1,6 @@
 """Per-namespace numbers for `curation stats`.
 
+Flags count rows per reason (``flags``: ``{"truncated": 3}``; none: ``{}``).
 Spend is priced model by model: rows of a model with no known price are left
 out of ``spend_usd`` and counted in ``unpriced_rows`` (one unknown model must
 not blank the whole namespace's figure). A namespace without a training prompt
@@ -11,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from curation.curate import flagged
 from curation.db import curate as db
 from curation.db import namespaces
 from curation.errors import InvalidInput
@@ -35,6 +37,7 @@ COLUMNS = (
     "spend_usd",
     "unpriced_rows",
     "new_since_last_job",
+    "flags",
     "training_system_prompt",
 )
 NO_MODEL = "(none recorded)"
@@ -62,6 +65,8 @@ def collect(
         entry = by_ns.setdefault(str(row["namespace"]), _empty(str(row["namespace"])))
         entry["new_since_last_job"] = int(row["new_included"])
         entry["training_system_prompt"] = row["training_system_prompt"]
+    for name, found in flagged.counts(conn, namespace).items():
+        by_ns.setdefault(name, _empty(name))["flags"] = found
     for entry in by_ns.values():
         entry["spend_usd"] = round(entry["spend_usd"], 4)
     return [by_ns[k] for k in sorted(by_ns)]
@@ -92,6 +97,7 @@ def _empty(namespace: str) -> dict[str, Any]:
         "unpriced_rows": 0,
         "unpriced_models": [],
         "new_since_last_job": 0,
+        "flags": {},  # rows per automatic flag (curate/flagged.py)
         "training_system_prompt": None,
     }
 

@@ -183,6 +183,7 @@ async def insert_rows(conn: AsyncConnection, rows: Sequence[Row], *, clear: bool
                         r.response_id,
                         r.previous_response_id,
                         r.call_id,
+                        r.flags,
                     )
                 )
         await cur.execute(queries.get("insert_from_staging"), {"max_tags": tags.MAX_TAGS})

@@ -30,10 +30,12 @@ def list_query(
     search: str | None,
     since: datetime | None,
     limit: int,
+    flag: str | None = None,
 ) -> tuple[Composed, dict[str, Any]]:
     """list_rows with the named filter fragments and order: one fixed text per combination."""
     query = queries.for_namespace("list_rows", namespace, filters=filters, order=order)
-    return query, {"namespace": namespace, "search": search, "since": since, "limit": limit}
+    params = {"namespace": namespace, "search": search, "since": since, "limit": limit}
+    return query, {**params, "flag": flag}
 
 
 def list_rows(
@@ -45,9 +47,10 @@ def list_rows(
     search: str | None,
     since: datetime | None,
     limit: int,
+    flag: str | None = None,
 ) -> list[dict[str, Any]]:
     query, params = list_query(
-        namespace, filters=filters, order=order, search=search, since=since, limit=limit
+        namespace, filters=filters, order=order, search=search, since=since, limit=limit, flag=flag
     )
     return conn.execute(query, params).fetchall()
 

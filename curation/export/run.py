@@ -28,11 +28,13 @@ from typing import Any, BinaryIO
 import orjson
 
 from curation.db import export as db
+from curation.db import flags as db_flags
 from curation.db.connect import Connection
 from curation.errors import InvalidInput
-from curation.export import examples, models, split, tokens, validate
+from curation.export import examples, models, pii, split, tokens, validate
 
 MIN_EXAMPLES = 10  # OpenAI refuses fewer
+PII_REGION = pii.DEFAULT_REGION
 WARN_EXAMPLES = 50  # fewer rarely helps
 
 
@@ -45,9 +47,12 @@ class ExportRequest:
     validation_fraction: float = 0.1
     format: str = "chat"
     filters: db.Filters = field(default_factory=db.Filters)
+    pii: str = "report"  # personal data: report, redact or refuse (export/pii.py)
+    pii_region: str | None = PII_REGION  # phone numbers without a + are read as of it
     epochs: int | None = None
     models_file: Path | None = None
     workers: int | None = None  # processes for large exports (None: up to 4, one per CPU)
+    near_duplicates: dict[int, int] | None = None  # --dedupe near: dropped -> kept (None: off)
 
 
 @dataclass(kw_only=True)
@@ -122,8 +127,9 @@ def _write(
 ) -> ExportResult:
     req.out_dir.mkdir(parents=True, exist_ok=True)
     train, valid = (_open_split(req.out_dir, name) for name in ("train", "validation"))
-    skipped: list[dict[str, Any]] = []
-    seen = longest = 0
+    skipped = _flagged(conn, req)  # export_rows leaves them out
+    found = pii.Tally()
+    seen, longest = len(skipped), 0
     try:
         rows = db.copy_rows(conn, req.namespace, req.filters)
         for chunk in _chunks(rows, req, info):
@@ -134,12 +140,22 @@ def _write(
             longest = max(longest, chunk.longest)
             train.add(chunk.train)
             valid.add(chunk.validation)
+            found.merge(chunk.pii)
+        if req.pii == "refuse" and found.row_count:
+            raise InvalidInput(found.refusal())
     except BaseException:
         for s in (train, valid):
             s.file.close()
             s.tmp.unlink(missing_ok=True)
         raise
     manifest = _manifest(req, info, train, valid, skipped, seen, longest)
+    manifest["pii"] = found.manifest(req.pii, req.pii_region)
+    if any(s["reason"].startswith("flagged: ") for s in skipped):
+        manifest["warnings"].append(
+            f"included rows with automatic flags were skipped: read them (curation list "
+            f"{req.namespace} --included --flag any), then curation include {req.namespace} "
+            "ID --accept-flags"
+        )
     existing = db.find_dataset(conn, req.namespace, manifest["sha256"], info.name, req.format)
     dataset_id = (
         existing
@@ -165,6 +181,7 @@ class Chunk:
         self.longest = 0
         self.skipped: list[tuple[int, str]] = []
         self.train, self.validation = _Part(), _Part()
+        self.pii = pii.Tally()
 
     def add(
         self, row_id: int, version: int, line: bytes, n: tokens.Count, validation: bool
@@ -194,8 +211,11 @@ class _Part:
 def process(row: tuple[Any, ...], req: ExportRequest, info: models.ModelInfo, into: Chunk) -> None:
     """Build, validate and count one row's example. Pure but for the tokenizer's tables."""
     into.rows += 1
+    if req.near_duplicates and row[0] in req.near_duplicates:
+        return  # listed in the manifest's "near_duplicates" with the row kept instead
     try:
         source, example, plain = _example(row, req)
+        example = into.pii.scan(source.id, example, req.pii, req.pii_region)
         if plain and info.encoding:
             k = tokens.count_plain(example["messages"], info.encoding)
             n = tokens.Count(k, k)
@@ -208,6 +228,14 @@ def process(row: tuple[Any, ...], req: ExportRequest, info: models.ModelInfo, in
     validation = split.is_validation(source.user_prompt, req.validation_fraction)
     line = orjson.dumps(example, option=orjson.OPT_APPEND_NEWLINE)
     into.add(source.id, source.version, line, n, validation)
+
+
+def _flagged(conn: Connection, req: ExportRequest) -> list[dict[str, Any]]:
+    """Included rows whose flags no curator accepted: skipped, saying which flags."""
+    return [
+        {"id": row_id, "reason": f"flagged: {', '.join(flags)}"}
+        for row_id, flags in db_flags.export_flagged(conn, req.namespace, req.filters)
+    ]
 
 
 def process_chunk(data: bytes, req: ExportRequest, info: models.ModelInfo) -> Chunk:
@@ -387,7 +415,15 @@ def _manifest(
         "ready_to_submit": train.examples >= MIN_EXAMPLES,
         "warnings": warnings,
         "skipped": skipped,
-    }
+    } | _dropped(req)
+
+
+def _dropped(req: ExportRequest) -> dict[str, Any]:
+    """What --dedupe near left out, when it was asked for: each dropped row with the kept one."""
+    if req.near_duplicates is None:
+        return {}
+    dropped = [{"id": i, "kept": k} for i, k in sorted(req.near_duplicates.items())]
+    return {"near_duplicates": dropped}
 
 
 def missing_prompt_warning(namespace: str) -> str:

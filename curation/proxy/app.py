@@ -10,9 +10,11 @@ in the writer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -23,12 +25,13 @@ from yarl import URL
 from curation.capture.rewrite import rewrite
 from curation.capture.row import Capture
 from curation.config import Settings
-from curation.proxy import admission, feedback, ops, routing, spool, student
+from curation.proxy import admission, feedback, ops, routing, shadow, spool, student
 from curation.proxy.admission import Refusal
-from curation.proxy.metrics import Metrics
+from curation.proxy.metrics import Metrics, ServingCollector
 from curation.proxy.recorder import Recorder
 from curation.proxy.serving import Serving, ServingTable
 from curation.proxy.sse import EndOfStream
+from curation.rollout.decider import Decider
 
 log = logging.getLogger("curation.proxy")
 access = logging.getLogger("curation.access")
@@ -55,6 +58,9 @@ class Call:
     head: bytes = b""  # the student's first chunk, read before the client got a byte
     label: str = ""  # its namespace label in metrics: "" until the namespace is admitted
     call_id: str | None = None  # X-Curation-Id: set when the call is to be recorded
+    served: Serving | None = None  # its namespace's serving settings, when it is served
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # the client's
+    job: shadow.Job | None = None  # the shadow or watch call to make once the client is answered
 
 
 @dataclass(kw_only=True)
@@ -68,12 +74,16 @@ class Proxy:
     _supervisor: asyncio.Task[None] = field(init=False)
     _namespaces: admission.NamespaceCap = field(init=False)
     feedback_endpoint: feedback.Endpoint = field(init=False)
+    background: shadow.Background = field(init=False)
+    decider: Decider | None = field(default=None, init=False)  # the rollout decider (one leads)
 
     def __post_init__(self) -> None:
         self._namespaces = admission.NamespaceCap(
             self.settings.create_namespaces, self.settings.max_namespaces
         )
         self.feedback_endpoint = feedback.Endpoint(self.serving.url, self.settings, self.metrics)
+        self.background = shadow.Background(self.settings, self.metrics, self.serving.url)
+        self.metrics.registry.register(ServingCollector(self.serving))
 
     # -- helpers ---------------------------------------------------------
 
@@ -114,6 +124,8 @@ class Proxy:
             )
             if changed is not None:
                 forwarded, call.rewritten = changed, True
+                self.background.tally(ns or "", "student_calls")
+            call.served, call.headers = served, request.headers
             self.metrics.served.labels(
                 ns or "", "fine_tuned" if changed is not None else "original"
             ).inc()
@@ -126,7 +138,9 @@ class Proxy:
         if call.rewritten and served is not None and served.endpoint:
             answered = await self._ask_student(request, served, forwarded, call)
             if answered is not None:
-                return await self._respond(request, answered, call)
+                return await self._after(
+                    request, await self._respond(request, answered, call), call
+                )
             forwarded = body  # the student failed: the teacher gets the client's own call
         try:
             upstream = await self.session.request(
@@ -141,6 +155,7 @@ class Proxy:
             )
         except TimeoutError:
             self.metrics.upstream_errors.labels("timeout").inc()
+            self._student_failed(call)
             return self._answer(
                 call,
                 Refusal(
@@ -149,6 +164,7 @@ class Proxy:
             )
         except aiohttp.ClientError as exc:
             self.metrics.upstream_errors.labels("connect").inc()
+            self._student_failed(call)
             log.warning("upstream unreachable: %s", exc)
             return self._answer(
                 call,
@@ -159,7 +175,28 @@ class Proxy:
                     "api_error",
                 ),
             )
-        return await self._respond(request, upstream, call)
+        if upstream.status >= 500:
+            self._student_failed(call)
+        return await self._after(request, await self._respond(request, upstream, call), call)
+
+    def _student_failed(self, call: Call) -> None:
+        """Tally a failure of the student: its call failed, or its stream broke off."""
+        if call.rewritten:
+            self.background.tally(call.route.namespace or "", "student_failures")
+
+    async def _after(
+        self, request: web.Request, response: web.StreamResponse, call: Call
+    ) -> web.StreamResponse:
+        """Start the call's shadow or watch call, once the client has its whole answer."""
+        if call.job is None:
+            return response
+        if not response.prepared:  # a plain answer: send it now, not after this returns
+            with contextlib.suppress(*CLIENT_GONE):
+                await response.prepare(request)
+                await response.write_eof()
+        assert self.session is not None
+        self.background.launch(self.session, call.job)
+        return response
 
     async def _ask_student(
         self, request: web.Request, served: Serving, body: bytes, call: Call
@@ -179,6 +216,7 @@ class Proxy:
             return outcome.response
         ns = call.route.namespace or ""
         self.metrics.student_fallbacks.labels(ns, outcome.reason).inc()
+        self.background.tally(ns, "student_failures")
         log.warning(
             "%s: student %s failed (%s), the teacher answers: %s",
             ns,
@@ -243,6 +281,35 @@ class Proxy:
                 call_id=call.call_id,
             )
         )
+        self._plan_background(call, upstream, response, streamed)
+
+    def _plan_background(
+        self, call: Call, upstream: aiohttp.ClientResponse, response: bytes, streamed: bool
+    ) -> None:
+        """Roll the dice for a shadow or watch call of this recorded call."""
+        served = call.served
+        if served is None or call.call_id is None:
+            return
+        kind = self.background.plan(
+            served,
+            rewritten=call.rewritten,
+            fallback=call.fallback_from is not None,
+            api=call.route.api,
+        )
+        if kind is not None:
+            call.job = shadow.Job(
+                kind=kind,
+                namespace=call.route.namespace or "",
+                call_id=call.call_id,
+                served=served,
+                path=call.route.upstream_path,
+                request=call.body,
+                headers=call.headers,
+                answer=response,
+                streamed=streamed,
+                encoding=upstream.headers.get("Content-Encoding"),
+                answer_ms=(time.perf_counter() - call.t_up) * 1000,
+            )
 
     def _client_headers(
         self, upstream: aiohttp.ClientResponse, call: Call, recorded: bool
@@ -326,6 +393,7 @@ class Proxy:
         except (*UPSTREAM_CUT, TimeoutError) as exc:
             upstream.close()
             self.metrics.upstream_errors.labels("cut").inc()
+            self._student_failed(call)
             if record and not spooled:
                 self.metrics.unrecorded.labels("upstream_cut").inc()
             log.warning("upstream stream broke off: %s", type(exc).__name__)
@@ -388,9 +456,16 @@ class Proxy:
         self.recorder.start()
         self._supervisor = asyncio.create_task(self.recorder.supervise(), name="curation-recorder")
         self.serving.start()
+        self.background.start()
+        if s.rollout_decider:
+            self.decider = Decider(self.serving.url, interval=s.rollout_interval)
+            self.decider.start()
 
     async def on_cleanup(self, app: web.Application) -> None:
+        if self.decider is not None:
+            await self.decider.stop()  # closing its connection hands the lock to another proxy
         await self.serving.stop()
+        await self.background.close()
         await self.feedback_endpoint.close()
         self._supervisor.cancel()
         if self.session is not None:

@@ -11,6 +11,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from curation.proxy.recorder import Recorder
+    from curation.proxy.serving import ServingTable
     from curation.proxy.spool import Spool
 
 FAST = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
@@ -86,6 +87,47 @@ class Metrics:
             ["namespace", "reason"],
             registry=r,
         )
+        self.comparisons = Counter(
+            "curation_shadow_comparisons",
+            "Live comparisons of a student with its teacher (kind shadow or watch), by result "
+            "(agree, disagree, error: the background call or the comparator failed).",
+            ["namespace", "kind", "result"],
+            registry=r,
+        )
+        self.background_dropped = Counter(
+            "curation_background_dropped",
+            "Shadow and watch calls not made or not stored, by reason (budget: over the "
+            "namespace's shadow_per_minute; concurrency: over CURATION_BACKGROUND_CONCURRENCY; "
+            "queue: the comparison could not wait for PostgreSQL).",
+            ["namespace", "reason"],
+            registry=r,
+        )
+        self.comparison_latency = Histogram(
+            "curation_comparison_latency_seconds",
+            "Latency of the student and of the teacher on the calls compared live, side by side.",
+            ["namespace", "answered_by"],
+            buckets=SLOW,
+            registry=r,
+        )
+
+
+class ServingCollector(Collector):
+    """Each served namespace's shares, read from the proxy's serving table at scrape time."""
+
+    def __init__(self, serving: ServingTable) -> None:
+        self.serving = serving
+
+    def collect(self) -> Iterator[Metric]:
+        shares = {
+            "serve_percent": ("percent", "Share of calls the student answers."),
+            "serve_shadow_percent": ("shadow_percent", "Share of the teacher's calls shadowed."),
+            "serve_watch_percent": ("watch_percent", "Share of the student's calls watched."),
+        }
+        for name, (attr, doc) in shares.items():
+            gauge = GaugeMetricFamily(f"curation_{name}", doc, labels=["namespace"])
+            for ns, served in sorted(self.serving.by_namespace.items()):
+                gauge.add_metric([ns], float(getattr(served, attr)))
+            yield gauge
 
 
 class RecorderCollector(Collector):

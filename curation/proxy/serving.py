@@ -32,10 +32,26 @@ class Serving:
     short_prompt: str | None
     endpoint: str | None = None  # base URL of the student's OpenAI-compatible API; None: upstream
     api_key: str | None = field(default=None, repr=False)
+    shadow_percent: int = 0  # of the teacher's calls, also asked of the student in the background
+    watch_percent: int = 0  # of the student's calls, also asked of the teacher in the background
+    per_minute: int = 600  # background calls per minute of this namespace, per proxy
+    compare: str | None = None  # the comparator (exact, json, a command); None: exact
 
     def take(self) -> bool:
         """Decide per call: serve this one with the fine-tuned model?"""
-        return self.percent >= 100 or random.random() * 100 < self.percent
+        return chance(self.percent)
+
+    def shadow(self) -> bool:
+        """Decide per call the teacher answered: also ask the student, in the background?"""
+        return chance(self.shadow_percent)
+
+    def watch(self) -> bool:
+        """Decide per call the student answered: also ask the teacher, in the background?"""
+        return chance(self.watch_percent)
+
+
+def chance(percent: int) -> bool:
+    return percent >= 100 or random.random() * 100 < percent
 
 
 class ServingTable:
@@ -68,7 +84,8 @@ class ServingTable:
         table = {
             str(row["name"]): serving_of(row)
             for row in rows
-            if row["serve_model"] and int(row["serve_percent"]) > 0
+            if row["serve_model"]
+            and (int(row["serve_percent"]) > 0 or int(row.get("serve_shadow_percent") or 0) > 0)
         }
         if table != self.by_namespace:
             log.info(
@@ -98,4 +115,8 @@ def serving_of(row: dict[str, Any]) -> Serving:
         row["training_system_prompt"],
         row.get("serve_endpoint") or None,
         secret_from_env(key_env) if key_env else None,
+        shadow_percent=int(row.get("serve_shadow_percent") or 0),
+        watch_percent=int(row.get("serve_watch_percent") or 0),
+        per_minute=int(row.get("shadow_per_minute") or 600),
+        compare=row.get("compare") or None,
     )

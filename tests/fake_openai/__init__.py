@@ -26,12 +26,13 @@ from aiohttp import web
 
 from tests.background import BackgroundApp
 from tests.fake_openai.chat import ChatAPI, Seen
+from tests.fake_openai.embeddings import EmbeddingsAPI
 from tests.fake_openai.responses import ResponsesAPI
 from tests.fake_openai.tuning import TuningAPI
 
 
 @dataclass
-class FakeOpenAI(ChatAPI, ResponsesAPI, TuningAPI):
+class FakeOpenAI(ChatAPI, ResponsesAPI, TuningAPI, EmbeddingsAPI):
     delay: float = 0.0
     api_key_prefix: str = "sk-"
     seen: list[Seen] = field(default_factory=list)
@@ -62,6 +63,7 @@ class FakeOpenAI(ChatAPI, ResponsesAPI, TuningAPI):
         app.router.add_post("/v1/responses", self.create_response)
         app.router.add_get("/v1/responses/{response_id}", self.get_response)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_post("/v1/files", self.upload_file)
         app.router.add_post("/v1/fine_tuning/jobs", self.create_job)
         app.router.add_get("/v1/fine_tuning/jobs", self.list_jobs)

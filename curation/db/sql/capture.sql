@@ -24,14 +24,15 @@ CREATE TEMP TABLE IF NOT EXISTS capture_staging (
     api text NOT NULL,
     response_id text,
     previous_response_id text,
-    call_id uuid
+    call_id uuid,
+    flags text[]
 ) ON COMMIT DELETE ROWS
 
 -- name: copy_staging
 COPY capture_staging (ord, namespace, user_prompt, response, request, system_prompt, model,
                       prompt_tokens, completion_tokens, latency_ms, streamed, upstream_request_id,
                       seen_at, tags, rewritten, fallback_from, api, response_id,
-                      previous_response_id, call_id)
+                      previous_response_id, call_id, flags)
 FROM STDIN
 
 -- name: insert_from_staging
@@ -81,11 +82,11 @@ INSERT INTO openai_chat_completion AS t (
     namespace, user_prompt, response, request, system_prompt, model, prompt_tokens,
     completion_tokens, latency_ms, streamed, upstream_request_id, tags,
     first_seen_at, last_seen_at, times_seen, rewritten, fallback_from, api, response_id,
-    previous_response_id)
+    previous_response_id, flags)
 SELECT g.namespace, g.user_prompt, g.response::json, g.request, g.system_prompt, g.model,
        g.prompt_tokens, g.completion_tokens, g.latency_ms, g.streamed, g.upstream_request_id,
        coalesce(m.tags, '{}'), g.seen_at, g.last_seen, g.seen, g.rewritten, g.fallback_from,
-       g.api, g.response_id, g.previous_response_id
+       g.api, g.response_id, g.previous_response_id, g.flags
 FROM grouped g
 LEFT JOIN merged_tags m ON m.namespace = g.namespace AND m.user_prompt = g.user_prompt
 ORDER BY g.ord

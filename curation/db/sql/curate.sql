@@ -13,7 +13,7 @@ SELECT id, times_seen, first_seen_at, last_seen_at, user_prompt::text AS user_pr
                 curation_response_text(response)) AS answer,
        CASE WHEN excluded IS NOT NULL THEN 'excluded'
             WHEN included IS NOT NULL THEN 'included' ELSE 'pending' END AS state,
-       corrected_response IS NOT NULL AS corrected
+       corrected_response IS NOT NULL AS corrected, coalesce(flags, '{{}}') AS flags
 FROM {table}
 WHERE namespace = %(namespace)s {filters}
 ORDER BY {order}

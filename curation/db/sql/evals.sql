@@ -80,5 +80,6 @@ WHERE name = %(namespace)s
 
 -- name: serving_table
 SELECT name, serve_model, serve_percent, training_system_prompt, serve_endpoint,
-       serve_endpoint_key_env
+       serve_endpoint_key_env, serve_shadow_percent, serve_watch_percent, shadow_per_minute,
+       compare
 FROM namespace

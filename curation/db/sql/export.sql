@@ -13,6 +13,7 @@ FROM {table}
 WHERE included IS NOT NULL
   AND excluded IS NULL
   AND NOT rewritten  -- the served student's own answers never train it
+  AND (flags IS NULL OR flags = '{{}}' OR flags_accepted_at IS NOT NULL)  -- flags.sql: export_flagged
   AND (%(since)s::timestamptz IS NULL OR included >= %(since)s::timestamptz)
   AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
   AND (%(tag_key)s::text IS NULL OR tags ->> %(tag_key)s::text = %(tag_value)s::text)

@@ -1,0 +1,101 @@
+"""Curating flagged rows: include only after seeing the flags, count them, backfill them.
+
+A flag (capture/flags.py) keeps a row out of the export until a curator includes
+it knowing the flags: ``include --accept-flags``, or review's include key (the
+flags are on screen there). Rows recorded before flags existed carry none
+(NULL) until ``backfill`` computes them, a batch per transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from curation.capture import flags as auto_flags
+from curation.db import flags as db
+from curation.errors import Conflict
+
+if TYPE_CHECKING:
+    from curation.db.connect import Connection
+
+BACKFILL_BATCH = 1000
+
+
+def check_include(
+    conn: Connection, namespace: str, ids: Sequence[int], *, accept: bool
+) -> list[int]:
+    """The rows among ``ids`` whose flags this include accepts; Conflict (nothing
+    changed) when some carry flags and ``accept`` is not given: including a flagged
+    row needs the curator to say they saw its flags."""
+    needing = db.unaccepted(conn, namespace, ids)
+    if needing and not accept:
+        first, reasons = next(iter(needing.items()))
+        others = f" (and {len(needing) - 1} more flagged rows)" if len(needing) > 1 else ""
+        raise Conflict(
+            f"row {first} is flagged {', '.join(reasons)}{others}; nothing changed: read it "
+            f"(curation show {namespace} {first}), then include with --accept-flags"
+        )
+    return list(needing)
+
+
+def accept(conn: Connection, namespace: str, ids: Sequence[int]) -> None:
+    if ids:
+        db.accept(conn, namespace, ids)
+
+
+def counts(conn: Connection, namespace: str | None) -> dict[str, dict[str, int]]:
+    """Per namespace: how many rows carry each reason."""
+    out: dict[str, dict[str, int]] = {}
+    for r in db.counts(conn, namespace):
+        entry = out.setdefault(str(r["namespace"]), {})
+        entry[str(r["reason"])] = int(r["n"])
+    return out
+
+
+def summary(found: dict[str, int]) -> str:
+    """``truncated 3, refusal 1`` (stats' table), in the order of the reasons."""
+    known = [r for r in auto_flags.REASONS if found.get(r)]
+    return ", ".join(f"{r} {found[r]}" for r in known) or "-"
+
+
+def backfill(
+    conn: Connection,
+    namespace: str,
+    *,
+    batch: int = BACKFILL_BATCH,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, int]:
+    """Flag every row recorded before flags existed, a batch per transaction (``conn`` in
+    autocommit), walking the ids once; how many rows were done and flagged per reason."""
+    done: dict[str, int] = {"rows": 0}
+    after = 0
+    while True:
+        with conn.transaction():
+            found = db.unflagged(conn, namespace, after, batch)
+            computed = {int(r["id"]): _flags_of(r) for r in found}
+            if computed:
+                db.set_flags(conn, namespace, computed)
+        for reasons in computed.values():
+            for reason in reasons:
+                done[reason] = done.get(reason, 0) + 1
+        done["rows"] += len(computed)
+        if on_batch:
+            on_batch(len(computed))
+        if len(found) < batch:
+            return done
+        after = max(computed)
+
+
+def _flags_of(row: dict[str, Any]) -> list[str]:
+    return auto_flags.for_row(
+        _loads(row["request"]), _loads(row["response"]), rewritten=bool(row["rewritten"])
+    )
+
+
+def _loads(value: Any) -> Any:
+    try:
+        return orjson.loads(value) if isinstance(value, str) else value
+    except orjson.JSONDecodeError:
+        return None

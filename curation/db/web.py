@@ -1,0 +1,230 @@
+"""The web page's database side: one connection per page session, and its queries (web.sql).
+
+A session signed in with a PostgreSQL login works on connections opened *as that
+login*, so its grants and the audit trail's ``login`` are exactly those of psql;
+a token session uses the server's own DATABASE_URL. Either way each session has a
+connection of its own, because "next pending" holds its row locked in an open
+transaction (as ``curation review`` does) until the curator decides it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import conninfo
+
+from curation.db import connect, queries
+from curation.db.connect import Connection
+from curation.db.errors import first_line
+from curation.errors import Conflict, CurationError, PermissionDenied
+
+T = TypeVar("T")
+COUNT_CAP = 1000  # a filtered rows page counts up to this many, then says "1000+"
+PROMPT_SAMPLE = 1000  # the namespaces page finds the production prompt in this many latest rows
+
+
+def login_url(url: str, user: str, password: str) -> str:
+    """``url`` (host, port, database) with another login."""
+    params = connect.check_url(url)
+    return conninfo.make_conninfo(**{**params, "user": user, "password": password})
+
+
+class Link:
+    """One page session's connection, opened on first use and again after it broke.
+
+    ``run`` calls ``work`` on it under a lock (the page serves requests in threads).
+    A claimed row (``claim``) stays locked in the open transaction until ``run`` is
+    called with ``commit=True`` (a decision) or a statement fails; every other
+    ``run`` commits when nothing is claimed, so no read leaves a transaction open.
+    """
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._conn: Connection | None = None
+        self._lock = threading.Lock()
+        self.claimed: int | None = None
+
+    def check(self) -> None:
+        """Connect now: a wrong login or password fails the sign-in, not a later page."""
+        self.run(lambda conn: None)
+
+    def run(self, work: Callable[[Connection], T], *, commit: bool = False) -> T:
+        with self._lock:
+            for attempt in (1, 2):
+                try:
+                    return self._run(work, commit)
+                except psycopg.OperationalError as exc:
+                    # The server closed the connection while the page was idle (a restart,
+                    # the idle-in-transaction timeout): nothing of ``work`` was committed.
+                    if attempt == 2:
+                        raise _translate(self._url, exc) from exc
+                except psycopg.Error as exc:
+                    raise _translate(self._url, exc) from exc
+            raise AssertionError("unreachable")
+
+    def _run(self, work: Callable[[Connection], T], commit: bool) -> T:
+        conn = self._open()
+        try:
+            result = work(conn)
+            if commit or self.claimed is None:
+                conn.commit()
+                self.claimed = None
+            return result
+        except psycopg.OperationalError as exc:
+            self._abandon(conn)
+            if self._conn is not None:  # the connection survived: the statement failed
+                raise _translate(self._url, exc) from exc
+            raise
+        except BaseException:
+            self._abandon(conn)
+            raise
+
+    def claim(self, namespace: str, skip: Sequence[int]) -> dict[str, Any] | None:
+        """Let go of the row held so far and lock the next pending one (review's query)."""
+
+        def next_row(conn: Connection) -> dict[str, Any] | None:
+            from curation.db import curate
+
+            conn.commit()
+            self.claimed = None
+            row = curate.next_pending(conn, namespace, skip)
+            self.claimed = None if row is None else int(row["id"])
+            return row
+
+        return self.run(next_row)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+                self.claimed = None
+
+    def _open(self) -> Connection:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = connect.open_connection(self._url)
+            self.claimed = None
+            try:
+                self._conn.execute(queries.get("web_session"))
+                self._conn.commit()
+            except psycopg.Error as exc:
+                self._abandon(self._conn)
+                raise _translate(self._url, exc) from exc
+        return self._conn
+
+    def _abandon(self, conn: Connection) -> None:
+        """After a failure: roll back (the claim goes with it), or drop a broken connection."""
+        self.claimed = None
+        try:
+            conn.rollback()
+        except psycopg.Error:
+            conn.close()
+        if conn.closed or conn.broken:
+            self._conn = None
+
+
+def _translate(url: str, exc: psycopg.Error) -> CurationError:
+    """Every database failure as one line for the page; a page never shows a traceback."""
+    if isinstance(exc, psycopg.errors.LockNotAvailable):
+        return Conflict("another curator has this row open right now; try again in a moment")
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        return CurationError("the database took too long; try a narrower filter")
+    error = connect.translate(url, exc)
+    if isinstance(error, PermissionDenied):
+        return PermissionDenied(f"the database refused: {first_line(exc)}")
+    return error or CurationError(f"the database refused: {first_line(exc)}")
+
+
+def namespaces(conn: Connection) -> list[dict[str, Any]]:
+    return conn.execute(queries.get("web_namespaces")).fetchall()
+
+
+def production_prompt(conn: Connection, namespace: str) -> dict[str, Any] | None:
+    """The production prompt most of the latest rows carried, and the model answering it."""
+    return conn.execute(
+        queries.for_namespace("web_production_prompt", namespace),
+        {"namespace": namespace, "sample": PROMPT_SAMPLE},
+    ).fetchone()
+
+
+def row_filters(
+    *,
+    state: str | None,
+    search: str | None,
+    tag: dict[str, str] | None,
+    model: str | None,
+    since: datetime | None,
+) -> list[str]:
+    """The named fragments of a rows page's filters (the list_* of curate.sql, feedback.sql
+    and rollout.sql; web.sql's web_*)."""
+    named = {
+        "pending": "list_pending",
+        "included": "list_included",
+        "excluded": "list_excluded",
+        "corrected": "web_corrected",
+        "proposals": "web_proposals",
+        "feedback": "list_feedback_negative",  # feedback.sql
+        "disagreements": "list_disagreements",  # rollout.sql: a live student disagreed
+    }
+    filters = [named[state]] if state in named else []
+    filters += ["list_search"] if search else []
+    filters += ["web_tag"] if tag else []
+    filters += ["web_model"] if model else []
+    filters += ["list_since"] if since is not None else []
+    return filters
+
+
+def rows_page(
+    conn: Connection,
+    namespace: str,
+    filters: Sequence[str],
+    params: dict[str, Any],
+    after: int | None,
+    limit: int,
+) -> tuple[list[dict[str, Any]], int]:
+    """One page of rows after ``after`` (newest first), and how many match: exact from the
+    running counts when only the state filters, else counted up to COUNT_CAP."""
+    from psycopg.types.json import Jsonb
+
+    args = {**params, "namespace": namespace, "after": after, "limit": limit, "cap": COUNT_CAP}
+    if args.get("tag") is not None:
+        args["tag"] = Jsonb(args["tag"])
+    paged = [*filters, "web_after"] if after is not None else list(filters)
+    found = conn.execute(
+        queries.for_namespace("list_rows", namespace, filters=paged, order="list_newest"), args
+    ).fetchall()
+    return found, _count(conn, namespace, filters, args)
+
+
+def _count(conn: Connection, namespace: str, filters: Sequence[str], args: dict[str, Any]) -> int:
+    state = {"list_pending": "pending", "list_included": "included", "list_excluded": "excluded"}
+    state |= {"web_corrected": "corrected"}
+    if len(filters) <= 1 and all(f in state for f in filters):
+        counts = conn.execute(queries.get("web_state_counts"), args).fetchone()
+        assert counts is not None
+        return int(counts[state[filters[0]] if filters else "all"])
+    found = conn.execute(
+        queries.for_namespace("web_count", namespace, filters=list(filters)), args
+    ).fetchone()
+    return int(found["n"]) if found else 0
+
+
+def neighbours(conn: Connection, namespace: str, row_id: int) -> dict[str, Any]:
+    """The ids of the rows after (``next_id``) and before (``previous_id``) in page order."""
+    found = conn.execute(
+        queries.for_namespace("web_neighbours", namespace), {"namespace": namespace, "id": row_id}
+    ).fetchone()
+    return found or {"next_id": None, "previous_id": None}
+
+
+def set_note(conn: Connection, namespace: str, row_id: int, note: str | None) -> bool:
+    """A curator's note on a row (audited, as every curation column); False: no such row."""
+    found = conn.execute(
+        queries.for_namespace("web_set_note", namespace),
+        {"namespace": namespace, "id": row_id, "note": note},
+    ).fetchone()
+    return found is not None

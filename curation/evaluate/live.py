@@ -1,0 +1,94 @@
+"""A student and its teacher on the same live call (shadow and watch): the answers. Pure.
+
+The proxy hands over raw bytes from the wire: the answer the client got (a
+chat completion, or its SSE stream as the recorder reassembles it) and the
+background model's answer. Both are read totally: an assistant message and
+its token counts, or ``NoAnswer`` saying why not. They are compared as
+``eval`` compares (``calls.answer_text``: the content, else the tool calls by
+function name and parsed arguments), with the namespace's comparator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from curation.capture import stream
+from curation.capture.rewrite import rewrite
+from curation.capture.row import decode_body
+from curation.capture.shape import Unrecordable, int32, obj
+from curation.evaluate import calls
+from curation.evaluate.compare import Comparator
+
+# a background call is one JSON answer: no stream, nothing about the client's transport
+TRANSPORT = ("stream", "stream_options")
+
+
+class NoAnswer(ValueError):
+    """A body that holds no assistant message to compare (the reason is the message)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Answer:
+    message: dict[str, Any]
+    model: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+def answer_of(body: bytes, streamed: bool = False, encoding: str | None = None) -> Answer:
+    """The first choice's assistant message of a chat completion's bytes, with its usage."""
+    try:
+        decoded = decode_body(body, encoding)
+        response: Any = stream.reassemble(decoded) if streamed else orjson.loads(decoded)
+    except (Unrecordable, orjson.JSONDecodeError) as exc:
+        raise NoAnswer(f"the answer is not a chat completion: {exc}") from None
+    if not isinstance(response, dict) or not isinstance(response.get("choices"), list):
+        raise NoAnswer("the answer is not a chat completion")
+    choices = response["choices"]
+    message = obj(choices[0]).get("message") if choices else None
+    if not isinstance(message, dict):
+        raise NoAnswer("the answer has no assistant message")
+    usage = obj(response.get("usage"))
+    model = response.get("model")
+    return Answer(
+        message=message,
+        model=model if isinstance(model, str) else None,
+        prompt_tokens=int32(usage.get("prompt_tokens")),
+        completion_tokens=int32(usage.get("completion_tokens")),
+    )
+
+
+def background_body(
+    body: bytes, model: str | None = None, short_prompt: str | None = None
+) -> bytes | None:
+    """The client's chat call as a background call: one JSON answer, not a stream; for the
+    student (``model`` given) rewritten as it is served. None: not a chat call."""
+    if model is not None:
+        changed = rewrite(body, model, short_prompt)
+        if changed is None:
+            return None
+        body = changed
+    try:
+        request: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
+        return None
+    kept = {k: v for k, v in request.items() if k not in TRANSPORT}
+    return orjson.dumps({**kept, "stream": False})
+
+
+def comparable(message: dict[str, Any]) -> str:
+    """What is compared of ``message``, as eval compares it; NoAnswer for an odd shape."""
+    try:
+        return calls.answer_text(message)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise NoAnswer(f"the answer's tool calls are malformed: {type(exc).__name__}") from None
+
+
+def agree(comparator: Comparator, teacher: Answer, student: Answer) -> bool:
+    """Whether the student's answer matches the teacher's (the expected one)."""
+    return comparator(comparable(teacher.message), comparable(student.message))

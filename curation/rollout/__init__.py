@@ -1,0 +1,1 @@
+"""Safe cut-over: the rollout policy (pure) and the decider every proxy runs."""

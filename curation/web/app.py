@@ -1,0 +1,144 @@
+"""The web page's application: routes, templates, errors, and ``serve``.
+
+Every template is autoescaped: what a curator sees came from production traffic,
+so no row value is ever marked safe. A ``CurationError`` from a handler becomes
+the page's one-line ``#error`` with the status that fits (a permission the login
+lacks is a 403 saying so, never a traceback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from aiohttp import web
+
+from curation.errors import Conflict, CurationError, InvalidInput, NotFound, PermissionDenied
+from curation.web import actions, auth, pages
+
+log = logging.getLogger("curation.web")
+STATIC = Path(__file__).parent / "static"
+STATUS = {InvalidInput: 400, PermissionDenied: 403, NotFound: 404, Conflict: 409}
+SWEEP_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """What the server needs: the database, who the token signs in as, the token."""
+
+    url: str
+    curator: str
+    token: str
+    idle: float = 8 * 3600.0
+    models_file: Path | None = None
+
+
+TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("curation.web", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+CONFIG = web.AppKey("config", Config)
+SESSIONS = web.AppKey("sessions", auth.Sessions)
+
+
+def render(request: web.Request, template: str, status: int = 200, **values: Any) -> web.Response:
+    s: auth.Session | None = request.get("session")
+    html = TEMPLATES.get_template(template).render(
+        session=s, csrf=s.csrf if s else "", status=s.said() if s else None, **values
+    )
+    return web.Response(text=html, status=status, content_type="text/html")
+
+
+@web.middleware
+async def errors(request: web.Request, handler: auth.Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except CurationError as exc:
+        status = next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 503)
+        if not auth.wants_html(request):
+            return web.json_response({"error": str(exc)}, status=status)
+        return render(request, "error.html", status=status, error=str(exc))
+    except web.HTTPException:
+        raise
+    except Exception:  # a bug: logged with its traceback, the page says one line
+        log.exception("curation web: %s %s failed", request.method, request.path)
+        return render(request, "error.html", status=500, error="a bug: see the server's log")
+
+
+def make_app(config: Config) -> web.Application:
+    sessions = auth.Sessions(config.idle)
+    app = web.Application(middlewares=[auth.headers, auth.guard(sessions), errors])
+    app[CONFIG] = config
+    app[SESSIONS] = sessions
+    app.router.add_get("/", pages.home)
+    app.router.add_get("/login", pages.login_page)
+    app.router.add_post("/login", actions.login)
+    app.router.add_post("/logout", actions.logout)
+    app.router.add_post("/ns/{ns}/prompt", actions.prompt)
+    app.router.add_get("/ns/{ns}/rows", pages.rows)
+    app.router.add_get("/ns/{ns}/next", pages.next_pending)
+    app.router.add_get("/ns/{ns}/rows/{id:[0-9]{1,19}}", pages.row)
+    app.router.add_post("/ns/{ns}/rows/{id:[0-9]{1,19}}/{action}", actions.decide)
+    app.router.add_static("/static/", STATIC)
+    app.cleanup_ctx.append(_sweeper)
+    return app
+
+
+async def _sweeper(app: web.Application) -> Any:
+    """End idle sessions now and then, and every session at shutdown."""
+
+    async def sweep() -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            await asyncio.to_thread(auth.close_all, app[SESSIONS].expired())
+
+    task = asyncio.create_task(sweep())
+    yield
+    task.cancel()
+    await asyncio.to_thread(auth.close_all, app[SESSIONS].every())
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def serve(config: Config, host: str, port: int) -> None:
+    """Serve until SIGINT or SIGTERM; print the sign-in link once the port is bound."""
+    asyncio.run(_serve(config, host, port))
+
+
+async def _serve(config: Config, host: str, port: int) -> None:
+    runner = web.AppRunner(make_app(config), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise InvalidInput(
+            f"cannot listen on {host}:{port}: {exc.strerror}; choose another --listen"
+        ) from exc
+    server = getattr(site, "_server", None)
+    sockets = getattr(server, "sockets", None) or []
+    bound = sockets[0].getsockname()[1] if sockets else port
+    shown = f"[{host}]" if ":" in host else host
+    print(f"curation web: http://{shown}:{bound}/?token={config.token}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        sys.stdout.flush()

@@ -1,0 +1,237 @@
+"""The pages (GET): namespaces, a namespace's rows, one row, next pending, sign-in form.
+
+Each handler parses the request, asks the session's connection one thing through
+``curation.curate`` or ``curation.db.web``, and renders a template.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from curation import names
+from curation.curate import rows as curate_rows
+from curation.curate.rows import ROW_ID_MAX
+from curation.db import feedback as db_feedback
+from curation.db import web as db
+from curation.db.connect import Connection
+from curation.db.web import Link
+from curation.errors import CurationError, InvalidInput
+from curation.web import app as web_app
+from curation.web import auth, chat
+
+PAGE = 50
+STATES = (
+    "pending",
+    "included",
+    "excluded",
+    "corrected",
+    "proposals",
+    "feedback",
+    "disagreements",
+    "all",
+)
+COUNT_MODEL = "gpt-4o-mini-2024-07-18"  # counts tokens when a namespace names no model
+SHOWN_FEEDBACK = 20
+
+
+def session(request: web.Request) -> auth.Session:
+    s: auth.Session = request["session"]
+    return s
+
+
+def namespace(request: web.Request) -> str:
+    return names.validate(request.match_info["ns"])
+
+
+async def home(request: web.Request) -> web.StreamResponse:
+    """The sign-in link (``?token=``), else the namespaces page."""
+    config = request.app[web_app.CONFIG]
+    if "token" in request.query:
+        if not auth.same(request.query.get("token"), config.token):
+            return web_app.render(request, "error.html", status=403, error="wrong sign-in token")
+        sessions = request.app[web_app.SESSIONS]
+        s = sessions.start(config.curator, None, Link(config.url))
+        response = web.HTTPSeeOther("/")
+        auth.set_cookie(response, auth.COOKIE, s.id)
+        raise response
+    s = session(request)
+    found = await s.db(namespaces_overview, config.models_file)
+    return web_app.render(request, "namespaces.html", namespaces=found)
+
+
+def namespaces_overview(conn: Connection, models_file: Any) -> list[dict[str, Any]]:
+    """Each namespace's line, with its training prompt's tokens beside the production
+    prompt's (the one most of the latest calls carried; ``curation ns suggest-prompt``
+    reads all of them), counted as suggest-prompt counts them."""
+    found = db.namespaces(conn)
+    for ns in found:
+        use = db.production_prompt(conn, ns["name"]) or {}
+        model = ns["base_model"] or use.get("model") or COUNT_MODEL
+        ns["production_tokens"] = count_tokens(use.get("system_prompt"), model, models_file)
+        ns["training_tokens"] = count_tokens(ns["training_system_prompt"], model, models_file)
+        ns["counted_with"] = model
+    return found
+
+
+def count_tokens(text: str | None, model: str, models_file: Any) -> int | str | None:
+    """Tokens of ``text`` as ``model`` counts them; a model without a tiktoken encoding: '?'."""
+    from curation.export import models, tokens  # tiktoken: only when a page counts
+
+    if text is None:
+        return None
+    try:
+        info = models.lookup(model, models_file)
+    except CurationError:
+        return "?"
+    return tokens.count_prompt(text, info) if info.encoding else "?"
+
+
+async def login_page(request: web.Request) -> web.StreamResponse:
+    return login_form(request)
+
+
+def login_form(request: web.Request, error: str | None = None, status: int = 200) -> web.Response:
+    token = secrets.token_urlsafe(32)
+    response = web_app.render(request, "login.html", status=status, error=error, login_csrf=token)
+    auth.set_cookie(response, auth.LOGIN_COOKIE, token)
+    return response
+
+
+@dataclass(frozen=True)
+class RowQuery:
+    """A rows page's filters, parsed from its query string (bad values: InvalidInput)."""
+
+    state: str
+    search: str | None
+    tag: dict[str, str] | None
+    model: str | None
+    since: datetime | None
+    after: int | None
+
+    @classmethod
+    def parse(cls, query: Any) -> RowQuery:
+        state = query.get("state") or "all"
+        if state not in STATES:
+            raise InvalidInput(f"state {state!r}: use one of {', '.join(STATES)}")
+        tag = query.get("tag") or None
+        if tag is not None and "=" not in tag:
+            raise InvalidInput(f"tag {tag!r}: use KEY=VALUE")
+        since = query.get("since") or None
+        after = query.get("after") or None
+        if any("\x00" in str(v) for v in query.values()):
+            raise InvalidInput("a filter holds a NUL character")
+        if after is not None and not (after.isdigit() and 0 < int(after) <= ROW_ID_MAX):
+            raise InvalidInput(f"after {after!r}: use a row id")
+        try:
+            return cls(
+                state=state,
+                search=query.get("q") or None,
+                tag=dict([tag.split("=", 1)]) if tag else None,
+                model=query.get("model") or None,
+                since=datetime.fromisoformat(since) if since else None,
+                after=int(after) if after else None,
+            )
+        except ValueError as exc:
+            raise InvalidInput(f"a filter is not valid: {exc}") from exc
+
+    def filters(self) -> list[str]:
+        return db.row_filters(
+            state=self.state, search=self.search, tag=self.tag, model=self.model, since=self.since
+        )
+
+    def params(self) -> dict[str, Any]:
+        return {"search": self.search, "tag": self.tag, "model": self.model, "since": self.since}
+
+    def tag_text(self) -> str:
+        return "=".join(next(iter(self.tag.items()))) if self.tag else ""
+
+    def link(self, **more: Any) -> str:
+        """The query string of these filters (and ``more``), for links and the next page."""
+        given = {
+            "state": self.state,
+            "q": self.search,
+            "tag": self.tag_text() or None,
+            "model": self.model,
+            "since": self.since.isoformat() if self.since else None,
+            **more,
+        }
+        return urlencode({k: v for k, v in given.items() if v is not None})
+
+
+async def rows(request: web.Request) -> web.StreamResponse:
+    ns = namespace(request)
+    q = RowQuery.parse(request.query)
+    found, count = await session(request).db(
+        db.rows_page, ns, q.filters(), q.params(), q.after, PAGE
+    )
+    more = q.link(after=found[-1]["id"]) if len(found) == PAGE else None
+    return web_app.render(
+        request,
+        "rows.html",
+        namespace=ns,
+        rows=found,
+        count=f"{count}+" if count >= db.COUNT_CAP else str(count),
+        q=q,
+        states=STATES,
+        next_query=more,
+    )
+
+
+async def next_pending(request: web.Request) -> web.StreamResponse:
+    """Claim the next pending row, as review does (two sessions get different rows)."""
+    ns = namespace(request)
+    s = session(request)
+    skip = s.skipped.setdefault(ns, [])
+    if "skip" in request.query and request.query["skip"].isdigit():
+        skip.append(int(request.query["skip"]))
+        s.flash = f"row {request.query['skip']} skipped"
+    row = await s.call(s.link.claim, ns, skip)
+    if row is None:
+        s.flash = f"{s.flash + '; ' if s.flash else ''}nothing left to review in {ns}"
+        raise web.HTTPSeeOther(f"/ns/{ns}/rows?state=pending")
+    raise web.HTTPSeeOther(f"/ns/{ns}/rows/{row['id']}")
+
+
+def row_page(conn: Connection, ns: str, row_id: int) -> dict[str, Any]:
+    """Everything the row page shows, read in one go."""
+    row = curate_rows.get_row(conn, ns, row_id)
+    return {
+        "row": row,
+        "history": curate_rows.history(conn, ns, row_id),
+        "feedback": db_feedback.counts(conn, ns, row_id),
+        "events": db_feedback.events(conn, ns, row_id, SHOWN_FEEDBACK),
+        "around": db.neighbours(conn, ns, row_id),
+    }
+
+
+async def row(request: web.Request) -> web.StreamResponse:
+    ns = namespace(request)
+    row_id = int(request.match_info["id"])
+    s = session(request)
+    got = await s.db(row_page, ns, row_id)
+    r = got["row"]
+    editor, must_be_json = chat.editor_text(r)
+    return web_app.render(
+        request,
+        "row.html",
+        namespace=ns,
+        row=r,
+        claimed=s.link.claimed == row_id,
+        messages=chat.conversation(r.get("request")),
+        answer=chat.answer(r),
+        correction=chat.message(r["corrected_response"]) if r.get("corrected_response") else None,
+        proposal=chat.message(r["proposed_response"]) if r.get("proposed_response") else None,
+        parameters=chat.parameters(r.get("request")),
+        tools=chat.tools(r.get("request")),
+        tags=json.dumps(r.get("tags") or {}, ensure_ascii=False),
+        editor=editor,
+        must_be_json=must_be_json,
+        **{k: v for k, v in got.items() if k != "row"},
+    )

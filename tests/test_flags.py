@@ -1,0 +1,349 @@
+"""Automatic flags: each reason with a row that has it and a near miss that does not;
+flags set on record through the real proxy; list, stats, include and export honour them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import psycopg
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from curation.capture.flags import REASONS, flags, for_row
+from tests.cli import run, run_json
+from tests.factories import add_row
+from tests.fake_openai import FakeOpenAI
+from tests.harness import ProxyProcess, wait_for
+
+Conn = psycopg.Connection[dict[str, object]]
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+SCHEMA = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "answer",
+        "schema": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def chat(
+    content: Any = "Paris.",
+    *,
+    finish: str = "stop",
+    model: str = "gpt-4o-2024-08-06",
+    **message: Any,
+) -> dict[str, Any]:
+    return {
+        "object": "chat.completion",
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content, **message},
+                "finish_reason": finish,
+            }
+        ],
+    }
+
+
+def ask(**request: Any) -> dict[str, Any]:
+    return {"model": "gpt-4o", "messages": [{"role": "user", "content": "q"}], **request}
+
+
+def call(name: str, arguments: str) -> dict[str, Any]:
+    return {"id": "c1", "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+CASES = [
+    # (reason, request, flagged response, near miss)
+    ("truncated", ask(), chat("Par", finish="length"), chat("Paris.", finish="stop")),
+    (
+        "content_filter",
+        ask(),
+        chat("", finish="content_filter"),
+        chat("The filter on my coffee machine is clogged."),
+    ),
+    (
+        "empty",
+        ask(tools=[WEATHER]),
+        chat("  "),
+        chat(None, tool_calls=[call("weather", '{"city": "Oslo"}')]),
+    ),
+    ("refusal", ask(), chat(None, refusal="I can't help with that."), chat("Here you go.")),
+    (
+        "refusal",
+        ask(),
+        chat("I'm sorry, but I can't help with that request."),
+        chat("I'm sorry, but I can't find a city in this text."),
+    ),
+    ("invalid_json", ask(response_format={"type": "json_object"}), chat("Sure! {"), chat("{}")),
+    ("invalid_json", ask(response_format=SCHEMA), chat('{"town": 1}'), chat('{"city": "Oslo"}')),
+    (
+        "tool_args",
+        ask(tools=[WEATHER]),
+        chat(None, tool_calls=[call("weather", '{"city": ')]),
+        chat(None, tool_calls=[call("weather", '{"city": "Oslo"}')]),
+    ),
+    (
+        "tool_args",
+        ask(tools=[WEATHER]),
+        chat(None, tool_calls=[call("weather", '{"town": "Oslo"}')]),
+        chat(None, tool_calls=[call("weather", '{"city": "Oslo", "days": 3}')]),
+    ),
+    (
+        "tool_args",
+        ask(tools=[WEATHER]),
+        chat(None, tool_calls=[call("launch_rockets", "{}")]),
+        chat(None, tool_calls=[call("weather", '{"city": "Rome"}')]),
+    ),
+    (
+        "model_mismatch",
+        ask(model="gpt-4o-mini"),
+        chat(model="gpt-4o"),
+        chat(model="gpt-4o-mini-2024-07-18"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("reason", "request_", "flagged", "near_miss"), CASES)
+def test_each_reason_and_its_near_miss(
+    reason: str, request_: dict[str, Any], flagged: dict[str, Any], near_miss: dict[str, Any]
+) -> None:
+    if reason == "model_mismatch":
+        assert flags(request_, flagged) == [reason]
+        assert flags(request_, near_miss) == []
+        return
+    assert reason in flags(request_, flagged)
+    assert flags(request_, near_miss) == []
+
+
+def test_responses_api_rows_are_flagged_too() -> None:
+    request = {"model": "gpt-4o-mini", "input": "q", "text": {"format": {"type": "json_object"}}}
+    incomplete = {
+        "object": "response",
+        "model": "gpt-4o-mini-2024-07-18",
+        "status": "incomplete",
+        "incomplete_details": {"reason": "max_output_tokens"},
+        "output": [{"type": "message", "content": [{"type": "output_text", "text": '{"a"'}]}],
+    }
+    assert flags(request, incomplete) == ["truncated", "invalid_json"]
+    refused = {
+        "object": "response",
+        "status": "completed",
+        "output": [{"type": "message", "content": [{"type": "refusal", "refusal": "No."}]}],
+    }
+    assert flags(request, refused) == ["refusal"]
+    fine = {**incomplete, "status": "completed", "incomplete_details": None}
+    fine["output"] = [{"type": "message", "content": [{"type": "output_text", "text": "{}"}]}]
+    assert flags(request, fine) == []
+
+
+def test_a_served_students_answer_is_no_model_mismatch() -> None:
+    request, response = ask(model="gpt-4o"), chat(model="ft:gpt-4o-mini:org::abc")
+    assert flags(request, response) == ["model_mismatch"]
+    assert for_row(request, response, rewritten=True) == []
+
+
+def test_a_schema_it_cannot_read_is_no_evidence() -> None:
+    odd = {"type": "json_schema", "json_schema": {"schema": {"$ref": "https://example.com/s"}}}
+    assert flags(ask(response_format=odd), chat('{"city": 1}')) == []
+    bad = {"type": "json_schema", "json_schema": {"schema": {"type": 12}}}
+    assert flags(ask(response_format=bad), chat('{"city": 1}')) == []
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=25,
+)
+KEYS = st.sampled_from(
+    ["choices", "message", "content", "tool_calls", "function", "arguments", "name", "tools",
+     "response_format", "json_schema", "schema", "type", "model", "output", "status",
+     "finish_reason", "refusal", "parameters", "text", "format"]
+)  # fmt: skip
+SHAPED = st.recursive(
+    JSON | st.sampled_from(["length", "json_schema", "json_object", "function", "{", "[]"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=5),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(SHAPED, SHAPED)
+def test_flags_are_total_over_any_json(request: Any, response: Any) -> None:
+    found = flags(request, response)
+    assert isinstance(found, list) and set(found) <= set(REASONS)
+
+
+# -- through the proxy and the CLI ------------------------------------------
+
+KEY = "sk-flags-test"
+
+
+def recorded(db_url: str) -> dict[str, Any]:
+    with psycopg.connect(db_url, autocommit=True) as c:
+        found = c.execute("SELECT user_prompt::text, flags FROM openai_chat_completion").fetchall()
+    return {p: f for p, f in found}
+
+
+def test_the_proxy_flags_rows_as_it_records_them(
+    start_proxy: Any, db_url: str, fake_openai: FakeOpenAI
+) -> None:
+    cut = chat("The cap", finish="length", model="gpt-4o-mini-2024-07-18")
+    fake_openai.raw["cut"] = ("application/json", orjson.dumps(cut))
+    fake_openai.raw["broken"] = ("application/json", b"{not json")
+    proxy: ProxyProcess = start_proxy()
+    for prompt, raw in (("cut short", "cut"), ("fine", ""), ("broken body", "broken")):
+        answer = httpx.post(
+            f"{proxy.url}/ns/flagged/v1/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]},
+            headers={"Authorization": f"Bearer {KEY}", "X-Fake-Raw": raw},
+            timeout=10,
+        )
+        assert answer.status_code == 200
+    got = wait_for(lambda: (r := recorded(db_url)) and len(r) == 2 and r, timeout=15)
+    # gpt-4o-mini answered as gpt-4o-mini-2024-07-18: a snapshot, no mismatch
+    assert got == {"cut short": ["truncated"], "fine": []}
+
+
+def flagged_rows(conn: Conn) -> dict[str, int]:
+    """Five included rows: three flagged in ways export must not miss, two fine."""
+    ids = {p: add_row(conn, "locations", p) for p in ("ok 1", "ok 2", "cut", "sorry", "json")}
+    answers = {
+        "cut": chat("Par", finish="length"),
+        "sorry": chat("I cannot help with that."),
+        "json": chat("not json"),
+    }
+    for prompt, response in answers.items():
+        conn.execute(
+            "UPDATE locations_openai_chat_completion SET response = %s WHERE id = %s",
+            [json.dumps(response), ids[prompt]],
+        )
+    conn.execute(
+        "UPDATE locations_openai_chat_completion SET request = jsonb_set(request,"
+        " '{response_format}', '{\"type\": \"json_object\"}') WHERE id = %s",
+        [ids["json"]],
+    )
+    return ids
+
+
+def test_backfill_list_stats_include_and_export(db_url: str, conn: Conn, tmp_path: Path) -> None:
+    ids = flagged_rows(conn)
+    first = run_json(db_url, "flags", "locations", "--backfill")
+    assert first["backfilled"]["rows"] == 5
+    assert first["flags"] == {"truncated": 1, "refusal": 1, "invalid_json": 1}
+    assert run_json(db_url, "flags", "locations", "--backfill")["backfilled"]["rows"] == 0
+
+    listed = run_json(db_url, "list", "locations", "--flag", "truncated")
+    assert [(r["id"], r["flags"]) for r in listed] == [(ids["cut"], ["truncated"])]
+    assert {r["id"] for r in run_json(db_url, "list", "locations", "--flag", "any")} == {
+        ids["cut"],
+        ids["sorry"],
+        ids["json"],
+    }
+    assert "truncated" in run(db_url, "list", "locations", "--flag", "any").stdout
+    [stats] = run_json(db_url, "stats", "locations")
+    assert stats["flags"] == {"invalid_json": 1, "refusal": 1, "truncated": 1}
+    assert "truncated 1" in run(db_url, "stats", "locations").stdout
+    shown = run(db_url, "show", "locations", str(ids["cut"])).stdout
+    assert "flags: truncated" in shown
+
+    # the rows were included before they were flagged: export skips them, saying why
+    out = tmp_path / "out"
+    manifest = run_json(db_url, "export", "locations", "--out", str(out), "--model", "gpt-4o-mini")
+    skipped = {s["id"]: s["reason"] for s in manifest["skipped"]}
+    assert skipped == {
+        ids["cut"]: "flagged: truncated",
+        ids["sorry"]: "flagged: refusal",
+        ids["json"]: "flagged: invalid_json",
+    }
+    assert manifest["counts"]["examples"] == 2 and manifest["counts"]["rows"] == 5
+    assert any("--accept-flags" in w for w in manifest["warnings"])
+    text = run(db_url, "export", "locations", "--out", str(out), "--model", "gpt-4o-mini")
+    assert f"skipped row {ids['cut']}: flagged: truncated" in text.stdout
+
+    # include without --accept-flags: one line naming the flags and the option, nothing changed
+    run(db_url, "reset", "locations", str(ids["cut"]), str(ids["ok 1"]))
+    refused = run(db_url, "include", "locations", str(ids["ok 1"]), str(ids["cut"]))
+    assert refused.exit_code != 0
+    [line] = refused.stderr.strip().splitlines()
+    assert "truncated" in line and "--accept-flags" in line
+    assert run_json(db_url, "show", "locations", str(ids["ok 1"]))["state"] == "pending"
+
+    accepted = run(
+        db_url, "include", "locations", str(ids["cut"]), str(ids["sorry"]), "--accept-flags"
+    )
+    assert accepted.exit_code == 0, accepted.output  # sorry was included: its flags accepted
+    row = run_json(db_url, "show", "locations", str(ids["cut"]))
+    assert row["state"] == "included" and row["flags_accepted_by"]
+    manifest = run_json(db_url, "export", "locations", "--out", str(out), "--model", "gpt-4o-mini")
+    assert [s["id"] for s in manifest["skipped"]] == [ids["json"]]
+    assert manifest["counts"]["examples"] == 3
+
+
+def test_flags_never_block_other_states(db_url: str, conn: Conn) -> None:
+    ids = flagged_rows(conn)
+    run_json(db_url, "flags", "locations", "--backfill")
+    assert run(db_url, "exclude", "locations", str(ids["cut"])).exit_code == 0
+    assert run(db_url, "reset", "locations", str(ids["cut"])).exit_code == 0
+    assert run(db_url, "include", "locations", str(ids["ok 2"])).exit_code != 0  # still included
+
+
+def test_review_shows_the_flags_and_its_include_accepts_them(db_url: str, conn: Conn) -> None:
+    import pexpect
+
+    from tests.cli import spawn
+
+    row = add_row(conn, "locations", "cut", included=False)
+    conn.execute(
+        "UPDATE locations_openai_chat_completion SET flags = '{truncated}' WHERE id = %s", [row]
+    )
+    child = spawn(db_url, "review", "locations", "--curator", "rev", timeout=30)
+    child.expect_exact("flags: truncated")
+    child.expect(r"\[q\]uit\? ")
+    child.send("i")
+    child.expect_exact(f"row {row} included")
+    child.expect(pexpect.EOF)
+    shown = run_json(db_url, "show", "locations", str(row))
+    assert shown["state"] == "included" and shown["flags_accepted_by"] == "rev"
+
+
+@pytest.mark.parametrize("flag", ["any", "refusal"])
+def test_flagged_rows_come_from_their_partial_index(conn: Conn, flag: str) -> None:
+    from curation.curate import rows
+    from curation.db import queries
+    from tests.test_curate_scale import fill, plan
+
+    fill(conn, 20_000)
+    conn.execute(
+        "UPDATE locations_openai_chat_completion SET flags = CASE WHEN id % 1000 = 0"
+        " THEN '{refusal}'::text[] ELSE '{}' END"
+    )
+    conn.execute("ANALYZE locations_openai_chat_completion")
+    [index] = conn.execute(
+        "SELECT indexname FROM pg_indexes WHERE tablename = 'locations_openai_chat_completion'"
+        " AND indexdef LIKE '%flags <>%'"
+    ).fetchall()
+    listed = plan(conn, *rows.list_query("locations", rows.ListFilter(flag=flag)))
+    assert f"using {index['indexname']} " in listed, listed
+    counted = plan(conn, queries.get("flag_counts"), {"namespace": "locations"})
+    assert f"using {index['indexname']} " in counted, counted

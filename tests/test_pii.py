@@ -1,0 +1,206 @@
+"""Personal data in exports: each kind found, near misses left alone, report, redact
+(consistent placeholders, JSON answers still valid, no original value written) and refuse."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from curation.export import pii
+from tests.cli import run, run_json
+from tests.factories import add_row
+
+Conn = psycopg.Connection[dict[str, object]]
+EMAIL = "jane.roe@example.org"
+PHONE = "+44 20 7946 0958"
+CARD = "4111 1111 1111 1111"
+IBAN = "GB82 WEST 1234 5698 7654 32"
+IP = "81.2.69.160"
+KEY = "sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8t"
+
+FOUND = [
+    ("email", f"write to {EMAIL}."),
+    ("phone", f"call {PHONE} today"),
+    ("phone", "call (212) 555-0134 today"),
+    ("card", f"card {CARD}, exp 12/29"),
+    ("card", "amex 3782-822463-10005"),
+    ("iban", f"pay to {IBAN}"),
+    ("iban", "DE89370400440532013000"),
+    ("ip", f"from {IP}"),
+    ("ip", "via 2a00:1450:4001:82b::200e"),
+    ("secret", f"OPENAI_API_KEY={KEY}"),
+    ("secret", "ghp_" + "x1" * 18),
+    ("secret", "AKIAIOSFODNN7EXAMPLE"),
+    ("secret", "xoxb-123456789012-abcdefABCDEF"),
+    ("secret", "Authorization: Bearer abcDEF123456ghiJKL789mno"),
+    ("secret", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"),
+]  # fmt: skip
+NEAR_MISSES = [
+    "order 4111 1111 1111 1112 shipped",  # 16 digits failing Luhn
+    "order number 1234567812345678",  # 16 digits failing Luhn
+    "ssh user@host and run it",  # no TLD
+    "@decorator\ndef f(): pass",
+    "logo@2x.png",  # a file name
+    "release 1.2.3.4 is out",  # a version, not an address
+    "listen on 10.0.0.1 or 127.0.0.1",  # private and loopback
+    "id 123e4567-e89b-12d3-a456-426614174000",  # a random UUID
+    "ISBN 978-3-16-148410-0",
+    "ISBN 0-306-40615-2",
+    "account 2125550134 was closed",  # a bare run of digits
+    "at 12:30:45 on 2024-01-15",
+    "std::vector<int> v;",
+    "GB82 WEST 1234 5698 7654 33",  # IBAN with a wrong check
+    "sk-learn and sk-this-is-not-a-key-at-all",
+]
+
+
+@pytest.mark.parametrize(("kind", "text"), FOUND)
+def test_each_kind_is_found(kind: str, text: str) -> None:
+    assert [f.kind for f in pii.find(text)] == [kind]
+
+
+@pytest.mark.parametrize("text", NEAR_MISSES)
+def test_near_misses_are_not_personal_data(text: str) -> None:
+    assert pii.find(text) == ()
+
+
+def test_the_region_reads_local_numbers() -> None:
+    assert pii.find("ruf 030 12345678 an", "DE")[0].kind == "phone"
+    assert pii.find("call (212) 555-0134", None) == ()  # only + numbers without a region
+
+
+def test_masks_never_show_a_whole_value() -> None:
+    for kind, text in FOUND:
+        for f in pii.find(text):
+            assert f.value not in pii.mask(f), kind
+
+
+def example() -> dict[str, Any]:
+    answer = {"to": EMAIL, "card": 4111111111111111, "note": f"call {PHONE}"}
+    return {
+        "messages": [
+            {"role": "system", "content": f"Support for {EMAIL.upper()}"},
+            {"role": "user", "content": f"Mail {EMAIL} and {EMAIL}, call {PHONE}"},
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "send", "arguments": json.dumps({"to": EMAIL})},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": "sent to +44 (0)20 7946 0958"},
+            {"role": "assistant", "content": json.dumps(answer)},
+        ]
+    }
+
+
+def test_redact_is_consistent_and_keeps_json_valid() -> None:
+    redacted, found = pii.scan(example(), redact=True)
+    messages = redacted["messages"]
+    assert messages[0]["content"] == "Support for <EMAIL_1>"
+    assert messages[1]["content"] == "Mail <EMAIL_1> and <EMAIL_1>, call <PHONE_1>"
+    assert json.loads(messages[2]["tool_calls"][0]["function"]["arguments"]) == {"to": "<EMAIL_1>"}
+    assert json.loads(messages[4]["content"]) == {
+        "to": "<EMAIL_1>",
+        "card": "<CARD_1>",
+        "note": "call <PHONE_1>",
+    }
+    assert found.counts["email"] == 5 and found.counts["card"] == 1
+    written = json.dumps(redacted)
+    for value in (EMAIL, EMAIL.upper(), PHONE, "4111111111111111", "7946"):
+        assert value not in written
+
+
+def test_report_leaves_the_example_as_it_was() -> None:
+    original = example()
+    kept, found = pii.scan(original, redact=False)
+    assert kept == example() and found.counts["email"] == 5
+
+
+STRINGS = st.text(
+    alphabet=st.sampled_from("ab1@.:- +4\n{}\"'0sk_-AKIZ"), max_size=60
+) | st.sampled_from([t for _, t in FOUND] + NEAR_MISSES)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | STRINGS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(STRINGS, inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSON)
+def test_scan_is_total_and_redaction_keeps_strings_strings(value: Any) -> None:
+    redacted, _found = pii.scan({"messages": [{"role": "user", "content": value}]}, redact=True)
+    json.dumps(redacted)
+
+
+# -- export ------------------------------------------------------------------
+
+
+def rows(conn: Conn) -> None:
+    add_row(conn, "locations", f"Where does {EMAIL} live? Card {CARD}", f"Near {IP}")
+    add_row(conn, "locations", "Order 1234567812345678: where is it?", "In Oslo.")
+    add_row(conn, "locations", "Key?", json.dumps({"key": KEY, "mail": EMAIL}))
+
+
+def export(db_url: str, out: Path, *args: str) -> Any:
+    return run(db_url, "export", "locations", "--out", str(out), "--model", "gpt-4o-mini", *args)
+
+
+def test_export_reports_by_default_with_masked_values(
+    db_url: str, conn: Conn, tmp_path: Path
+) -> None:
+    rows(conn)
+    result = export(db_url, tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "pii (report): found email 2, card 1, ip 1, secret 1 in 2 rows" in result.stdout
+    assert EMAIL not in result.output and KEY not in result.output
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["pii"]["mode"] == "report" and manifest["pii"]["rows"] == 2
+    assert [r["id"] for r in manifest["pii"]["listed"]] == [1, 3]
+    assert EMAIL not in json.dumps(manifest["pii"])
+
+
+def test_export_redact_writes_none_of_the_values(db_url: str, conn: Conn, tmp_path: Path) -> None:
+    rows(conn)
+    found = run_json(
+        db_url, "export", "locations", "--out", str(tmp_path), "--model", "gpt-4o-mini",
+        "--pii", "redact",
+    )  # fmt: skip
+    assert found["pii"]["counts"] == {"email": 2, "card": 1, "ip": 1, "secret": 1}
+    written = "".join(p.read_text() for p in tmp_path.iterdir())
+    for value in (EMAIL, CARD, IP, KEY, "4111"):
+        assert value not in written
+    examples = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
+    answers = {e["messages"][-1]["content"] for e in examples}
+    assert json.dumps({"key": "<SECRET_1>", "mail": "<EMAIL_1>"}, separators=(",", ":")) in answers
+    assert "Order 1234567812345678: where is it?" in written  # a near miss stays
+
+
+def test_export_refuse_writes_nothing(db_url: str, conn: Conn, tmp_path: Path) -> None:
+    rows(conn)
+    out = tmp_path / "out"
+    result = export(db_url, out, "--pii", "refuse")
+    assert result.exit_code != 0
+    [line] = result.stderr.strip().splitlines()
+    assert "personal data in 2 rows" in line and "--pii redact" in line
+    assert EMAIL not in result.output
+    assert not out.exists() or not any(out.iterdir())
+    with psycopg.connect(db_url) as c:
+        assert c.execute("SELECT count(*) FROM dataset").fetchone() == (0,)
+
+
+def test_export_refuse_passes_clean_rows(db_url: str, conn: Conn, tmp_path: Path) -> None:
+    add_row(conn, "locations", "Order 1234567812345678: where is it?", "In Oslo.")
+    result = export(db_url, tmp_path, "--pii", "refuse")
+    assert result.exit_code == 0, result.output
+    assert "pii (refuse): none found" in result.stdout

@@ -1,0 +1,491 @@
+"""The curator web page against a real server (``curation web`` as a subprocess, on a
+free port), a real PostgreSQL and a plain HTTP client over sockets: what the server
+promises. What only a browser shows (keys, the page's own JSON check, no script run,
+screenshots) is tested in headless Chromium in tests/test_web_browser.py."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.cookies import SimpleCookie
+from typing import Any
+from urllib.parse import urlencode
+
+import psycopg
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from curation.errors import InvalidInput
+from curation.web import chat, pages
+from tests import pg
+from tests.factories import add_row
+from tests.harness import ROOT, query
+
+NS = "p"
+PASSWORD = "S3cretPW"  # never shown back, never logged
+CLI = (sys.executable, "-m", "curation")
+HOSTILE = '<script>alert(1)</script><img src=x onerror="alert(2)">'
+
+
+@dataclass
+class Response:
+    status: int
+    headers: http.client.HTTPMessage
+    body: str
+
+    @property
+    def location(self) -> str:
+        return self.headers.get("Location", "")
+
+    def text_of(self, element_id: str) -> str:
+        found = re.search(rf'id="{element_id}"[^>]*>(.*?)</', self.body, re.S)
+        assert found, f"no #{element_id} in the page"
+        return found.group(1).strip()
+
+    def csrf(self) -> str:
+        found = re.search(r'<meta name="csrf-token" content="([^"]*)"', self.body)
+        assert found and found.group(1), "no CSRF token in the page"
+        return found.group(1)
+
+
+@dataclass
+class Browser:
+    """A client that keeps its cookies and follows no redirect on its own."""
+
+    port: int
+    cookies: dict[str, str] = field(default_factory=dict)
+
+    def request(
+        self, method: str, path: str, form: dict[str, str] | None = None, html: bool = True
+    ) -> Response:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        headers = {"Accept": "text/html" if html else "application/json"}
+        if self.cookies:
+            headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        body = urlencode(form) if form is not None else None
+        if body is not None:
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        conn.request(method, path, body=body, headers=headers)
+        got = conn.getresponse()
+        text = got.read().decode()
+        for header in got.headers.get_all("Set-Cookie") or []:
+            for name, morsel in SimpleCookie(header).items():
+                if morsel.value:
+                    self.cookies[name] = morsel.value
+                else:
+                    self.cookies.pop(name, None)
+        conn.close()
+        return Response(got.status, got.headers, text)
+
+    def get(self, path: str, html: bool = True) -> Response:
+        return self.request("GET", path, html=html)
+
+    def post(self, path: str, form: dict[str, str]) -> Response:
+        return self.request("POST", path, form)
+
+    def follow(self, r: Response, limit: int = 5) -> Response:
+        while r.status in (302, 303) and limit:
+            r, limit = self.get(r.location), limit - 1
+        return r
+
+    def act(self, row_id: int, action: str, **form: str) -> Response:
+        """A row's action button, with the CSRF token of the row's page."""
+        token = self.get(f"/ns/{NS}/rows/{row_id}").csrf()
+        return self.post(f"/ns/{NS}/rows/{row_id}/{action}", {"csrf": token, **form})
+
+
+@dataclass
+class Server:
+    port: int
+    token: str
+    process: subprocess.Popen[str]
+
+    def signed_in(self) -> Browser:
+        b = Browser(self.port)
+        r = b.get(f"/?token={self.token}")
+        assert r.status == 303 and r.location == "/"
+        return b
+
+
+@pytest.fixture
+def web(db_url: str) -> Iterator[Server]:
+    proc = subprocess.Popen(
+        [*CLI, "--database-url", db_url, "web", "--listen", "127.0.0.1:0", "--curator", "ana"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    found = re.fullmatch(r"curation web: http://127\.0\.0\.1:(\d+)/\?token=(\S+)\n", line)
+    assert found, f"not the sign-in line: {line!r} {proc.stderr.read() if proc.stderr else ''}"
+    yield Server(int(found.group(1)), found.group(2), proc)
+    proc.terminate()
+    assert proc.wait(timeout=20) == 0
+    assert proc.stderr is not None and PASSWORD not in proc.stderr.read()
+
+
+@pytest.fixture
+def rows(conn: psycopg.Connection[Any]) -> Callable[..., int]:
+    def add(prompt: str, answer: str = "ok", **kw: Any) -> int:
+        return add_row(conn, NS, prompt, answer, **{"included": False, **kw})
+
+    return add
+
+
+@pytest.fixture
+def make_login(pg_server: str, db_url: str) -> Iterator[Callable[[bool], str]]:
+    """Real logins, with or without curation_curator (roles are cluster-wide: unique names)."""
+    made: list[str] = []
+
+    def make(curator: bool) -> str:
+        name = f"web_{uuid.uuid4().hex[:10]}"
+        grant = " IN ROLE curation_curator" if curator else ""
+        with pg.admin(pg_server) as c:
+            c.execute(f"CREATE ROLE {name} LOGIN{grant}")
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        with psycopg.connect(db_url, autocommit=True) as c:
+            c.execute(f"DROP OWNED BY {name}")
+        with pg.admin(pg_server) as c:
+            c.execute(f"DROP ROLE {name}")
+
+
+def sign_in_as(web: Server, login: str) -> tuple[Browser, Response]:
+    b = Browser(web.port)
+    form = b.get("/login")
+    token = re.search(r'name="csrf" value="([^"]+)"', form.body)
+    assert form.status == 200 and token and 'id="login"' in form.body
+    return b, b.post("/login", {"csrf": token.group(1), "user": login, "password": PASSWORD})
+
+
+def ids_in(r: Response) -> list[int]:
+    return [int(i) for i in re.findall(r'<tr data-row-id="(\d+)"', r.body)]
+
+
+def test_the_token_link_signs_in_and_leaves_the_url(web: Server, rows: Callable[..., int]) -> None:
+    rows("where is Paris?")
+    b = Browser(web.port)
+    r = b.get(f"/?token={web.token}")
+    assert (r.status, r.location) == (303, "/")
+    cookie = r.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+    page = b.get("/")
+    assert page.status == 200 and 'id="namespaces"' in page.body
+    assert f'<tr data-namespace="{NS}">' in page.body and 'class="prompt-form"' in page.body
+    assert page.text_of("curator") == "ana"
+    headers = page.headers
+    assert headers["Content-Security-Policy"].startswith("default-src 'none'; script-src 'self';")
+    assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+    assert (headers["X-Content-Type-Options"], headers["Referrer-Policy"]) == (
+        "nosniff",
+        "no-referrer",
+    )
+
+
+def test_a_wrong_token_or_none_gets_no_session(web: Server) -> None:
+    b = Browser(web.port)
+    r = b.get("/?token=wrong")
+    assert r.status == 403 and not b.cookies and "wrong sign-in token" in r.body
+    assert "Content-Security-Policy" in r.headers
+    assert b.get("/").location == "/login"
+    assert b.get(f"/ns/{NS}/rows", html=False).status == 401
+    b.cookies["curation_session"] = "made-up"
+    assert b.get("/").location == "/login"
+
+
+def test_a_post_without_the_csrf_token_is_refused(web: Server, rows: Callable[..., int]) -> None:
+    row = rows("where is Paris?")
+    b = web.signed_in()
+    assert b.post(f"/ns/{NS}/rows/{row}/include", {}).status == 403
+    assert b.post(f"/ns/{NS}/rows/{row}/include", {"csrf": "wrong"}).status == 403
+    other = web.signed_in()  # a token of another session is wrong too
+    token = other.get("/").csrf()
+    assert b.post(f"/ns/{NS}/rows/{row}/include", {"csrf": token}).status == 403
+    assert (
+        query(web_db(web), "SELECT included FROM p_openai_chat_completion")[0]["included"] is None
+    )
+    assert b.act(row, "include").status == 303
+
+
+def web_db(web: Server) -> str:
+    args = web.process.args
+    assert isinstance(args, list)
+    return str(args[args.index("--database-url") + 1])
+
+
+def test_include_moves_on_and_says_so_as_review_does(
+    web: Server, rows: Callable[..., int], db_url: str
+) -> None:
+    first, second = rows("where is Paris?"), rows("where is Lyon?")
+    b = web.signed_in()
+    r = b.act(first, "include")
+    assert (r.status, r.location) == (303, f"/ns/{NS}/next")
+    page = b.follow(r)
+    assert page.text_of("status") == f"row {first} included"
+    assert f'data-row-id="{second}" data-state="pending"' in page.body
+    audit = query(
+        db_url, "SELECT changed_by, column_name FROM curation_audit WHERE row_id = %s", [first]
+    )
+    assert {"changed_by": "ana", "column_name": "included"} in audit
+    undone = b.follow(b.act(second, "reset"))  # u on a pending row: the last decision undone
+    assert undone.text_of("status") == f"row {first} is pending again"
+    assert f'data-row-id="{first}" data-state="pending"' in undone.body
+    assert 'id="audit"' in undone.body and '<b class="who">ana</b>' in undone.body
+
+
+def test_a_row_held_by_one_curator_is_not_decided_by_another(
+    web: Server, rows: Callable[..., int], db_url: str
+) -> None:
+    row = rows("where is Paris?")
+    holder, other = web.signed_in(), web.signed_in()
+    assert holder.get(f"/ns/{NS}/next").location == f"/ns/{NS}/rows/{row}"
+    refused = other.act(row, "include")  # waits for the lock 3 s, then says why
+    assert refused.status == 409 and "another curator" in refused.text_of("error")
+    assert holder.act(row, "exclude").status == 303
+    assert query(db_url, "SELECT excluded FROM p_openai_chat_completion")[0]["excluded"]
+
+
+def test_a_connection_the_server_closed_is_opened_again(
+    web: Server, rows: Callable[..., int], db_url: str
+) -> None:
+    row = rows("where is Paris?")
+    b = web.signed_in()
+    assert b.get(f"/ns/{NS}/rows").status == 200
+    killed = query(
+        db_url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE application_name = 'curation web' AND datname = current_database()",
+    )
+    assert killed
+    assert b.get(f"/ns/{NS}/rows/{row}").status == 200
+
+
+def test_a_postgres_login_works_as_that_login(
+    web: Server, rows: Callable[..., int], db_url: str, make_login: Callable[[bool], str]
+) -> None:
+    row = rows("where is Paris?")
+    login = make_login(True)
+    b, r = sign_in_as(web, login)
+    assert (r.status, r.location) == (303, "/")
+    assert b.get("/").text_of("curator") == login
+    assert b.act(row, "include").status == 303
+    audit = query(db_url, "SELECT changed_by, login FROM curation_audit WHERE row_id = %s", [row])
+    assert audit and all(a == {"changed_by": login, "login": login} for a in audit)
+    # what the login may not do in psql it may not do here: one line, not a traceback
+    refused = b.post(f"/ns/{NS}/prompt", {"csrf": b.get("/").csrf(), "prompt": "short"})
+    assert refused.status == 403 and "permission denied" in refused.text_of("error")
+    assert "Traceback" not in refused.body
+
+
+def test_a_login_without_grants_or_a_wrong_login_gets_a_clear_error(
+    web: Server, rows: Callable[..., int], make_login: Callable[[bool], str]
+) -> None:
+    rows("where is Paris?")
+    b, r = sign_in_as(web, make_login(False))
+    page = b.follow(r)
+    assert page.status == 403 and "permission denied" in page.text_of("error")
+    assert "Traceback" not in page.body
+    _, wrong = sign_in_as(web, "no_such_login")
+    assert wrong.status == 401 and "sign-in failed for no_such_login" in wrong.text_of("error")
+    assert 'id="login"' in wrong.body
+    assert PASSWORD not in wrong.body
+    b = Browser(web.port)
+    b.get("/login")
+    assert b.post("/login", {"user": "x", "password": "y"}).status == 403  # no CSRF token
+
+
+def test_captured_html_is_shown_as_text(web: Server, rows: Callable[..., int]) -> None:
+    row = rows(
+        HOSTILE,
+        HOSTILE,
+        messages=[
+            {"role": "system", "content": HOSTILE},
+            {"role": "user", "content": HOSTILE},
+        ],
+        tags={"x": HOSTILE},
+    )
+    b = web.signed_in()
+    for page in (b.get(f"/ns/{NS}/rows/{row}"), b.get(f"/ns/{NS}/rows"), b.get("/")):
+        assert page.status == 200
+        assert "<script>alert" not in page.body and "<img src=x" not in page.body
+    shown = b.get(f"/ns/{NS}/rows/{row}").body
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in shown
+    assert shown.count('<script src="/static/web.js" defer></script>') == 1
+    assert re.findall(r"<script[^>]*>", shown) == ['<script src="/static/web.js" defer>']
+
+
+def test_a_json_answer_takes_only_json_in_its_style(
+    web: Server, rows: Callable[..., int], db_url: str
+) -> None:
+    row = rows("where is Paris?", '{"city":"Paris","country":"FR"}')
+    b = web.signed_in()
+    page = b.get(f"/ns/{NS}/rows/{row}")
+    assert 'data-json="true"' in page.body and "&#34;city&#34;: &#34;Paris&#34;" in page.body
+    bad = b.act(row, "correct", correction='{"city": "Lyon",')
+    assert bad.status == 400 and "not valid JSON" in bad.text_of("error")
+    assert (
+        query(db_url, "SELECT corrected_response FROM p_openai_chat_completion")[0][
+            "corrected_response"
+        ]
+        is None
+    )
+    ok = b.act(row, "correct", correction='{\n  "city": "Lyon",\n  "country": "FR"\n}')
+    assert ok.status == 303
+    assert b.follow(ok).text_of("status").startswith(f"row {row} corrected and included;")
+    stored = query(db_url, "SELECT corrected_response, included FROM p_openai_chat_completion")[0]
+    assert stored["corrected_response"]["content"] == '{"city":"Lyon","country":"FR"}'
+    assert stored["included"] is not None
+
+
+def test_two_sessions_get_different_next_rows(web: Server, rows: Callable[..., int]) -> None:
+    made = {rows(f"question {i}") for i in range(3)}
+    one, two = web.signed_in(), web.signed_in()
+    first, second = one.get(f"/ns/{NS}/next"), two.get(f"/ns/{NS}/next")
+    assert first.status == second.status == 303
+    held = {first.location.rsplit("/", 1)[1], second.location.rsplit("/", 1)[1]}
+    assert len(held) == 2 and {int(i) for i in held} <= made
+    third = one.follow(one.act(int(first.location.rsplit("/", 1)[1]), "include"))
+    assert third.text_of("status").endswith("included")
+    assert re.search(r'id="row" data-row-id="(\d+)"', third.body).group(1) not in held  # type: ignore[union-attr]
+
+
+def test_pages_walk_every_row_once(web: Server, rows: Callable[..., int]) -> None:
+    made = {rows(f"question {i}") for i in range(120)}
+    b = web.signed_in()
+    seen: list[int] = []
+    page = b.get(f"/ns/{NS}/rows")
+    assert page.text_of("count") == "120"
+    while True:
+        seen += ids_in(page)
+        more = re.search(r'<a id="next" href="([^"]+)"', page.body)
+        if not more:
+            break
+        page = b.get(more.group(1).replace("&amp;", "&"))
+    assert len(seen) == len(set(seen)) == 120 and set(seen) == made
+    assert seen == sorted(seen, reverse=True)
+
+
+def test_filters(web: Server, rows: Callable[..., int], conn: psycopg.Connection[Any]) -> None:
+    pending = rows("where is Paris?", tags={"team": "a"})
+    included = rows("where is Lyon?", included=True)
+    excluded = rows("where is Nice?", excluded=True)
+    corrected = rows("where is Metz?", corrected={"role": "assistant", "content": "Metz"})
+    conn.execute("UPDATE p_openai_chat_completion SET model = 'small' WHERE id = %s", [included])
+    conn.execute(
+        "UPDATE p_openai_chat_completion SET last_seen_at = now() - interval '9 days'"
+        " WHERE id <> %s",
+        [pending],
+    )
+    b = web.signed_in()
+
+    def listed(**q: str) -> set[int]:
+        page = b.get(f"/ns/{NS}/rows?{urlencode(q)}")
+        assert page.status == 200, page.body
+        assert page.text_of("count") == str(len(ids_in(page)))
+        return set(ids_in(page))
+
+    assert listed() == {pending, included, excluded, corrected}
+    assert listed(state="pending") == {pending, corrected}
+    assert listed(state="included") == {included}
+    assert listed(state="excluded") == {excluded}
+    assert listed(state="corrected") == {corrected}
+    assert listed(state="proposals") == listed(state="feedback") == set()
+    call = uuid.uuid4()
+    conn.execute(
+        "INSERT INTO recorded_call (id, namespace, row_id) VALUES (%s, 'p', %s)", [call, excluded]
+    )
+    conn.execute(
+        "INSERT INTO shadow_comparison (call_id, namespace, kind, student_model, agreed)"
+        " VALUES (%s, 'p', 'shadow', 'small', false)",
+        [call],
+    )
+    conn.execute(
+        "INSERT INTO feedback (call_id, namespace, row_id, score) VALUES (%s, 'p', %s, -1)",
+        [call, included],
+    )
+    conn.execute(
+        "UPDATE p_openai_chat_completion SET proposed_response = '{}' WHERE id = %s", [pending]
+    )
+    assert listed(state="disagreements") == {excluded}
+    assert listed(state="feedback") == {included}
+    assert listed(state="proposals") == {pending}
+    assert listed(q="LYON") == {included}
+    assert listed(tag="team=a") == {pending}
+    assert listed(model="small") == {included}
+    assert listed(since="2020-01-01", state="pending", q="paris") == {pending}
+    assert listed(since="2999-01-01") == set()
+    assert b.get(f"/ns/{NS}/rows?state=sideways").status == 400
+    assert b.get(f"/ns/{NS}/rows?since=yesterday").status == 400
+    assert b.get("/ns/Bad;Name/rows").status in (400, 404)
+
+
+def test_the_conversation_is_read_as_chat() -> None:
+    request = {
+        "model": "gpt-4o",
+        "temperature": 0,
+        "messages": [
+            {"role": "system", "content": "long prompt"},
+            {"role": "user", "content": [{"type": "text", "text": "weather?"}]},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "weather", "arguments": '{"city":"Paris"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": '{"temp":20}'},
+        ],
+    }
+    shown = chat.conversation(request)
+    assert [m.role for m in shown] == ["system", "user", "assistant", "tool"]
+    assert shown[1].text == "weather?"
+    assert shown[2].tool_calls == (chat.ToolCall("weather", '{\n  "city": "Paris"\n}'),)
+    assert shown[3].label == "weather" and shown[3].is_json
+    assert chat.parameters(request) == {"model": "gpt-4o", "temperature": "0"}
+    for odd in (None, [], {"messages": "x"}, {"messages": [1, None, {"role": 5}]}, {"input": 3}):
+        chat.conversation(odd)
+    assert json.loads(
+        chat.answer({"response": {"choices": [{"message": {"content": "[1]"}}]}}).text
+    ) == [1]
+
+
+@given(
+    st.dictionaries(st.sampled_from(["state", "q", "tag", "model", "since", "after"]), st.text())
+)
+def test_any_query_string_is_read_or_refused_in_one_line(query: dict[str, str]) -> None:
+    """What a browser sends is untrusted too: a filter is read, or refused as InvalidInput."""
+    try:
+        q = pages.RowQuery.parse(query)
+    except InvalidInput:
+        return
+    assert q.state in pages.STATES
+    q.link(after=1)
+
+
+def test_a_session_ends_when_unused_for_its_idle_time() -> None:
+    from curation.db.web import Link
+    from curation.web.auth import Sessions
+
+    kept, idle = Sessions(idle=3600.0), Sessions(idle=0.0)
+    s = kept.start("ana", None, Link("postgresql://nobody@127.0.0.1:1/none"))
+    assert kept.get(s.id) is s and kept.get("made-up") is None and kept.expired() == []
+    t = idle.start("ana", None, Link("postgresql://nobody@127.0.0.1:1/none"))
+    assert idle.get(t.id) is None  # and its (never opened) connection closed
+    u = idle.start("bob", None, Link("postgresql://nobody@127.0.0.1:1/none"))
+    assert idle.expired() == [u] and idle.get(u.id) is None

@@ -1,0 +1,508 @@
+"""The curator web page in a real headless Chromium (issue 15): sign-in, the keyboard,
+corrections, hostile prompts, the database's grants, two curators, and the README's
+screenshots (written only when CURATION_SCREENSHOTS names a folder)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from tests import browser, pg
+from tests.browser import Page, WebServer
+from tests.factories import add_row
+from tests.harness import query
+
+pytestmark = pytest.mark.slow
+
+Conn = psycopg.Connection[dict[str, Any]]
+TABLE = "locations_openai_chat_completion"
+PASSWORD = "correct horse battery staple"
+PAYLOAD = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=1">'
+
+
+if (reason := browser.missing()) and not browser.required():
+    browser.unavailable(reason)  # one line for the whole module
+
+
+@pytest.fixture(scope="module")
+def start_browser() -> Iterator[Callable[[], Any]]:
+    """Browsers for this module, started on first use (one is shared by the tests)."""
+    if reason := browser.missing():
+        browser.unavailable(reason)
+    paths = browser.executables()
+    assert paths is not None
+    with browser.drivers(paths) as start:
+        yield start
+
+
+@pytest.fixture(scope="module")
+def chrome(start_browser: Callable[[], Any]) -> Any:
+    return start_browser()
+
+
+@pytest.fixture
+def make_login(pg_server: str, db_url: str) -> Iterator[Callable[..., str]]:
+    """Real PostgreSQL logins with a password (roles are cluster-wide: unique names)."""
+    made: list[str] = []
+
+    def make(prefix: str = "ana", curator: bool = True) -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+        grant = " IN ROLE curation_curator" if curator else ""
+        with pg.admin(pg_server) as c:
+            c.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{PASSWORD}'{grant}")
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        with psycopg.connect(db_url, autocommit=True) as c:
+            c.execute(f"DROP OWNED BY {name}")
+        with pg.admin(pg_server) as c:
+            c.execute(f"DROP ROLE {name}")
+
+
+@pytest.fixture
+def web(db_url: str, tmp_path: Path, make_login: Callable[..., str]) -> Iterator[WebServer]:
+    """``curation web`` on a free port against this test's database (stopped before the
+    test's logins are dropped)."""
+    server = WebServer(db_url, tmp_path / "web.log").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def page(chrome: Any, web: WebServer) -> Page:
+    browser.reset(chrome)
+    return Page(chrome, web)
+
+
+def row(db_url: str, row_id: int) -> dict[str, Any]:
+    [found] = query(
+        db_url,
+        f"SELECT included, excluded, corrected_response::text AS corrected FROM {TABLE}"
+        " WHERE id = %s",
+        [row_id],
+    )
+    return found
+
+
+def audit(db_url: str, row_id: int) -> list[tuple[str, str]]:
+    return [
+        (a["column_name"], a["login"])
+        for a in query(
+            db_url,
+            "SELECT column_name, login FROM curation_audit WHERE row_id = %s ORDER BY id",
+            [row_id],
+        )
+    ]
+
+
+def pending(conn: Conn, *prompts: str) -> list[int]:
+    return [add_row(conn, "locations", p, '["Lyon"]', included=False) for p in prompts]
+
+
+def csp_and_script_errors(page: Page) -> list[dict[str, Any]]:
+    """Console entries that mean a script was blocked or broke (the network's 404s aside)."""
+    return [
+        e
+        for e in page.console()
+        if e.get("source") == "security"
+        or (e.get("level") == "SEVERE" and e.get("source") != "network")
+    ]
+
+
+def test_sign_in_with_the_token_and_with_a_postgresql_login(
+    page: Page, conn: Conn, make_login: Callable[..., str]
+) -> None:
+    pending(conn, "I live in Lyon")
+    page.open("/")
+    page.wait("form#login")  # not signed in: the login form, not the data
+    assert not page.all("table#namespaces")
+    page.open("/?token=wrong")
+    assert page.wait("#error", visible=True).text.strip()
+    page.open("/")
+    page.wait("form#login")
+
+    page.sign_in_with_token()
+    assert page.driver.current_url == page.server.base + "/"  # the token leaves the address bar
+    assert page.all("tr[data-namespace=locations]")
+
+    browser.reset(page.driver)
+    page.sign_in("nobody_" + uuid.uuid4().hex[:8], PASSWORD)
+    assert page.wait("#error", visible=True).text.strip()
+    assert not page.all("table#namespaces")
+
+    ana = make_login()
+    page.sign_in(ana, PASSWORD)
+    page.wait("tr[data-namespace=locations]")
+    assert csp_and_script_errors(page) == []
+
+
+def test_include_with_the_keyboard_is_audited_under_the_login(
+    page: Page, db_url: str, conn: Conn, make_login: Callable[..., str]
+) -> None:
+    first, second = pending(conn, "I grew up in Lyon", "Flights to Rome")
+    conn.execute(f"UPDATE {TABLE} SET times_seen = 5 WHERE id = %s", [first])  # most seen first
+    ana = make_login()
+    page.sign_in(ana, PASSWORD).wait("table#namespaces")
+    page.open("/ns/locations/next")
+    assert page.row_id() == first
+    assert page.wait("#row").get_attribute("data-state") == "pending"
+
+    page.press("i")
+    page.until(lambda: row(db_url, first)["included"], "the row included in the database")
+    assert audit(db_url, first) == [("included", ana)]
+    page.until(lambda: current_row(page) == second, "the page to move to the next pending row")
+    assert row(db_url, second) == {"included": None, "excluded": None, "corrected": None}
+    assert csp_and_script_errors(page) == []
+
+
+def current_row(page: Page) -> int | None:
+    """The row page's id, or None mid-navigation."""
+    try:
+        found = page.all("#row[data-row-id]")
+        return int(found[0].get_attribute("data-row-id")) if found else None
+    except Exception:  # a stale element while the next page loads
+        return None
+
+
+def test_a_json_correction_is_checked_in_the_page_and_saved_in_the_originals_style(
+    page: Page, db_url: str, conn: Conn
+) -> None:
+    original = '{"cities":["Lyon","Berlin"]}'  # compact: the model learns this style
+    target = add_row(conn, "locations", "Lyon, then Berlin", original, included=False)
+    page.sign_in_with_token()
+    page.open(f"/ns/locations/rows/{target}")
+    page.wait(".message[data-role=assistant]")
+    page.press("c")  # opens the editor
+    editor = page.wait("textarea#correction", visible=True)
+
+    editor.clear()
+    editor.send_keys('{"cities": ["Lyon",')
+    page.one("button#save-correction").click()
+    assert page.wait("#correction-error", visible=True).text.strip()
+    assert row(db_url, target)["corrected"] is None  # refused in the page: nothing sent
+    assert audit(db_url, target) == []
+
+    editor = page.one("textarea#correction")
+    editor.clear()
+    editor.send_keys('{\n  "cities": ["Lyon", "Paris"]\n}')  # typed: keys here are not actions
+    page.one("button#save-correction").click()
+    saved = page.until(lambda: row(db_url, target)["corrected"], "the correction saved")
+    assert json.loads(saved) == {"role": "assistant", "content": '{"cities":["Lyon","Paris"]}'}
+    assert sorted(column for column, _ in audit(db_url, target)) == [
+        "corrected_response",
+        "included",  # the button says so: "save the correction and include"
+    ]
+    assert csp_and_script_errors(page) == []
+
+
+def test_hostile_prompts_render_as_text_and_run_nothing(
+    page: Page, db_url: str, conn: Conn
+) -> None:
+    hostile = add_row(conn, "locations", PAYLOAD, PAYLOAD, included=False, tags={"team": PAYLOAD})
+    page.sign_in_with_token()
+    page.console()
+    quoted = '"><script>window.__pwned=1</script>'
+    for path in (
+        "/",
+        "/ns/locations/rows?state=pending",
+        f"/ns/locations/rows?q={quoted}",
+        f"/ns/locations/rows/{hostile}",
+    ):
+        page.open(path)
+        page.wait("table#namespaces, table#rows, #row")
+        assert page.driver.execute_script("return window.__pwned") is None, path
+        assert (
+            page.driver.execute_script(
+                "return document.querySelectorAll('[onerror], img[src=x]').length"
+            )
+            == 0
+        ), path
+        assert csp_and_script_errors(page) == [], path
+    body = page.one("body").text
+    assert "<script>window.__pwned=1</script>" in body
+    assert '<img src=x onerror="window.__pwned=1">' in body
+    assert row(db_url, hostile)["included"] is None
+
+
+def test_a_curator_cannot_do_in_the_page_what_psql_refuses(
+    page: Page, db_url: str, conn: Conn, make_login: Callable[..., str]
+) -> None:
+    [target] = pending(conn, "I grew up in Lyon")
+    ana = make_login()
+    for table in ("openai_chat_completion", TABLE):
+        conn.execute(f"REVOKE UPDATE (included) ON {table} FROM curation_curator")
+    as_ana = make_conninfo(**{**conninfo_to_dict(db_url), "user": ana})  # type: ignore[arg-type]
+    with (
+        psycopg.connect(as_ana, autocommit=True) as c,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        c.execute(f"UPDATE {TABLE} SET included = now() WHERE id = %s", [target])
+
+    page.sign_in(ana, PASSWORD).wait("table#namespaces")
+    page.open(f"/ns/locations/rows/{target}")
+    assert page.row_id() == target
+    page.press("i")
+    message = page.until(
+        lambda: next((e.text.strip() for e in page.all("#error, #status") if e.text.strip()), ""),
+        "an error on the page",
+    )
+    assert "\n" not in message and "permission" in message.lower(), message
+    assert row(db_url, target) == {"included": None, "excluded": None, "corrected": None}
+    assert audit(db_url, target) == []
+
+    # a login without curation_curator reads nothing: one line saying so, on every page
+    browser.reset(page.driver)
+    page.sign_in(make_login("eve", curator=False), PASSWORD)
+    for path in ("/ns/locations/rows", f"/ns/locations/rows/{target}", "/ns/locations/next"):
+        page.open(path)
+        refusal = page.wait("#error", visible=True).text.strip()
+        assert "\n" not in refusal and "permission" in refusal.lower(), (path, refusal)
+        assert not page.all("tr[data-row-id], #row"), path
+        assert "I grew up in Lyon" not in page.one("body").text, path
+
+
+def test_exclude_undo_and_move_with_keys_a_forged_post_and_sign_out(
+    page: Page, db_url: str, conn: Conn
+) -> None:
+    first, second, third = pending(conn, "I grew up in Lyon", "Flights to Rome", "Weather in Oslo")
+    page.sign_in_with_token()
+    page.open(f"/ns/locations/rows/{first}")
+    assert page.row_id() == first
+    page.press("e")
+    page.until(lambda: row(db_url, first)["excluded"], "the row excluded")
+    page.until(lambda: current_row(page) not in (None, first), "the next pending row")
+    page.open(f"/ns/locations/rows/{first}")
+    page.wait("#row[data-state=excluded]")
+    page.press("u")
+    page.until(lambda: not row(db_url, first)["excluded"], "the decision undone")
+    page.open(f"/ns/locations/rows/{second}")
+    assert page.row_id() == second
+    page.press("j")
+    page.until(lambda: current_row(page) not in (None, second), "j: another row")
+    page.press("s")
+    page.until(lambda: current_row(page) is not None, "s: a pending row")
+
+    # the session cookie alone is not enough: a POST without the form's token changes nothing
+    status = page.driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        f"fetch('/ns/locations/rows/{third}/include', {{method: 'POST', redirect: 'manual',"
+        " headers: {'Content-Type': 'application/x-www-form-urlencoded'}, body: 'csrf=forged'})"
+        ".then(r => done(r.status), e => done(String(e)));"
+    )
+    assert status == 403, status
+    assert row(db_url, third) == {"included": None, "excluded": None, "corrected": None}
+
+    page.one("#logout").click()
+    page.wait("form#login")
+    page.open(f"/ns/locations/rows/{third}")
+    page.wait("form#login")
+    assert not page.all("#row")
+    assert csp_and_script_errors(page) == []
+
+
+def test_two_curators_get_different_next_pending_rows(
+    page: Page,
+    start_browser: Callable[[], Any],
+    web: WebServer,
+    db_url: str,
+    conn: Conn,
+    make_login: Callable[..., str],
+) -> None:
+    rows = pending(conn, "I grew up in Lyon", "Flights to Rome", "Weather in Oslo")
+    ana, bob = make_login("ana"), make_login("bob")
+    other = Page(start_browser(), web)
+    page.sign_in(ana, PASSWORD).wait("table#namespaces")
+    other.sign_in(bob, PASSWORD).wait("table#namespaces")
+    page.open("/ns/locations/next")
+    other.open("/ns/locations/next")
+    seen = {page.row_id(), other.row_id()}
+    assert len(seen) == 2 and seen <= set(rows)
+    for r in seen:  # looking is not deciding
+        assert row(db_url, r) == {"included": None, "excluded": None, "corrected": None}
+    other.driver.quit()
+
+
+CITIES = [
+    ("I grew up in Lyon and moved to Berlin last year", '["Lyon","Berlin"]', 41),
+    ("Cheapest flights from Pariss to Rome in March?", '["Paris","Rome"]', 23),
+    ("What's the weather like today?", "[]", 19),
+    ("Hotel near the Sagrada Familia for 2 nights", '["Barcelona"]', 17),
+    ("my sister lives in new york, I'm in Toronto", '["New York","Toronto"]', 12),
+    ("Train from Munich to Vienna, then Budapest", '["Munich","Vienna","Budapest"]', 11),
+    ("Is Lisbon or Porto better in October?", '["Lisbon","Porto"]', 9),
+    ("Book a table for 4 tonight", "[]", 8),
+    ("Moving from São Paulo to Rio next month", '["São Paulo","Rio de Janeiro"]', 7),
+    ("Where is the Eiffel Tower?", '["Paris"]', 6),
+    ("I'm stuck at Frankfurt airport, connecting to Singapore", '["Frankfurt","Singapore"]', 5),
+    ("Weekend in Amsterdam: museums?", '["Amsterdam"]', 5),
+    ("Our office is in Zürich, the client in Geneva", '["Zürich","Geneva"]', 4),
+    ("Send the invoice to our Dublin office", '["Dublin"]', 4),
+    ("Best ramen in Tokyo near Shinjuku", '["Tokyo"]', 3),
+    ("How long is the drive from LA to San Francisco?", '["Los Angeles","San Francisco"]', 3),
+    ("Cancel my reservation", "[]", 3),
+    ("Visiting Kyoto and Osaka in spring", '["Kyoto","Osaka"]', 2),
+    ("Is Mexico City safe for tourists?", '["Mexico City"]', 2),
+    ("Ferry from Helsinki to Tallinn times", '["Helsinki","Tallinn"]', 2),
+    ("Conference in Austin, hotel in Round Rock", '["Austin","Round Rock"]', 2),
+    ("Cape Town or Johannesburg for a first safari trip?", '["Cape Town","Johannesburg"]', 1),
+    ("Thanks, that's all!", "[]", 1),
+    ("Layover in Doha, final stop Nairobi", '["Doha","Nairobi"]', 1),
+    ("Seoul to Busan by KTX", '["Seoul","Busan"]', 1),
+    ("Where's Marseille compared to Nice?", '["Marseille","Nice"]', 1),
+    ("Copenhagen in December, too cold?", '["Copenhagen"]', 1),
+    ("Edinburgh festival dates", '["Edinburgh"]', 1),
+    ("Lunch meeting in Milan, dinner in Turin", '["Milan","Turin"]', 1),
+    ("Shipping from Rotterdam to Hamburg", '["Rotterdam","Hamburg"]', 1),
+]
+TAGS = {"app": "travel-assistant", "env": "prod"}
+GEOCODE = {
+    "type": "function",
+    "function": {
+        "name": "geocode",
+        "description": "Coordinates of a place name",
+        "parameters": {
+            "type": "object",
+            "properties": {"place": {"type": "string"}},
+            "required": ["place"],
+        },
+    },
+}
+
+
+def demo_namespace(conn: Conn) -> dict[str, int]:
+    """A believable namespace: a few dozen rows in every state, a tool call, feedback."""
+    ids: dict[str, int] = {}
+    for n, (prompt, answer, seen) in enumerate(CITIES):
+        state = {"included": n % 5 == 1 or n in (3, 6), "excluded": n in (2, 7)}
+        ids[prompt] = add_row(
+            conn,
+            "locations",
+            prompt,
+            answer,
+            included=state["included"],
+            excluded=state["excluded"],
+            tags=TAGS,
+        )
+        conn.execute(
+            f"UPDATE {TABLE} SET times_seen = %s, first_seen_at = now() - %s * interval '97 minutes',"
+            " last_seen_at = now() - %s * interval '11 minutes', model = 'gpt-4o-2024-08-06',"
+            " prompt_tokens = 412 + %s, completion_tokens = 9 + %s, latency_ms = 640 + 37 * %s"
+            " WHERE id = %s",
+            [seen, n + 3, n, n, n % 4, n, ids[prompt]],
+        )
+    conn.execute(
+        f"UPDATE {TABLE} SET corrected_response = %s, included = now(), note = 'typo: Pariss'"
+        " WHERE id = %s",
+        [json.dumps({"role": "assistant", "content": '["Paris","Rome"]'}), ids[CITIES[1][0]]],
+    )
+    call = uuid.uuid4()
+    conn.execute(
+        "INSERT INTO recorded_call VALUES (%s, 'locations', %s, now())", [call, ids[CITIES[0][0]]]
+    )
+    conn.execute(
+        "INSERT INTO feedback (call_id, namespace, row_id, score, label, comment) VALUES"
+        " (%s, 'locations', %s, -1, 'missing_city', 'Berlin is where I live now'),"
+        " (%s, 'locations', %s, 1, NULL, NULL)",
+        [call, ids[CITIES[0][0]], call, ids[CITIES[0][0]]],
+    )
+    ids["tool"] = add_row(
+        conn,
+        "locations",
+        "How far is the Louvre from Gare du Nord?",
+        None,
+        included=False,
+        tags=TAGS,
+        tools=[GEOCODE],
+        tool_calls=[
+            {
+                "id": "call_7QmZ",
+                "type": "function",
+                "function": {"name": "geocode", "arguments": '{"place": "Louvre, Paris"}'},
+            }
+        ],
+    )
+    conn.execute(
+        f"UPDATE {TABLE} SET model = 'gpt-4o-2024-08-06', prompt_tokens = 468,"
+        " completion_tokens = 21 WHERE id = %s",
+        [ids["tool"]],
+    )
+    first = ids[CITIES[0][0]]  # a history: ana included it, bob put it back for review
+    with conn.transaction():
+        conn.execute("SELECT set_config('curation.curator', 'ana', true)")
+        conn.execute(
+            f"UPDATE {TABLE} SET included = now() - interval '2 hours' WHERE id = %s", [first]
+        )
+    with conn.transaction():
+        conn.execute("SELECT set_config('curation.curator', 'bob', true)")
+        conn.execute(
+            f"UPDATE {TABLE} SET included = NULL, note = 'Berlin is missing? check' WHERE id = %s",
+            [first],
+        )
+    dataset = conn.execute(
+        "INSERT INTO dataset (namespace, format, base_model, sha256, train_sha256, train_examples,"
+        " validation_examples, train_tokens, validation_tokens, manifest, created_at) VALUES"
+        " ('locations', 'chat', 'gpt-4o-mini-2024-07-18', md5('a'), md5('b'), 412, 46, 187004,"
+        " 20871, '{}', now() - interval '3 days') RETURNING id"
+    ).fetchone()
+    assert dataset is not None
+    conn.execute(
+        "INSERT INTO fine_tune_job (namespace, dataset_id, provider_job_id, base_model, status,"
+        " fine_tuned_model, trained_tokens, created_at, finished_at) VALUES ('locations', %s,"
+        " 'ftjob-4kQm2', 'gpt-4o-mini-2024-07-18', 'succeeded',"
+        " 'ft:gpt-4o-mini-2024-07-18:acme:locations:9xk2', 561012, now() - interval '3 days',"
+        " now() - interval '71 hours')",
+        [dataset["id"]],
+    )
+    conn.execute(
+        "UPDATE namespace SET training_system_prompt = 'List the cities the user mentions, as a"
+        " JSON array of names.', serve_model = 'ft:gpt-4o-mini-2024-07-18:acme:locations:9xk2',"
+        " serve_percent = 20 WHERE name = 'locations'"
+    )
+    for prompt in ("Where is my refund?", "The app logs me out every hour", "Change my plan"):
+        add_row(conn, "support", prompt, "I'm sorry about that! Let me check.", included=False)
+    return ids
+
+
+def test_the_three_pages_with_demo_data(page: Page, db_url: str, conn: Conn) -> None:
+    """What the README shows; also the rows page's filters and counts against the database."""
+    ids = demo_namespace(conn)
+    page.sign_in_with_token()
+    page.wait("tr[data-namespace=locations]")
+    assert page.all("tr[data-namespace=support]")
+    assert page.all("form.prompt-form textarea[name=prompt]")
+    page.screenshot("namespaces")
+
+    page.open("/ns/locations/rows?state=pending")
+    page.wait("table#rows")
+    waiting = query(
+        db_url, f"SELECT id FROM {TABLE} WHERE included IS NULL AND excluded IS NULL ORDER BY id"
+    )
+    assert str(len(waiting)) in page.one("#count").text
+    shown = {int(r.get_attribute("data-row-id")) for r in page.all("tr[data-row-id]")}
+    assert shown <= {r["id"] for r in waiting} and shown
+    page.screenshot("rows")
+
+    page.open("/ns/locations/rows?q=lyon")
+    page.wait("table#rows")
+    lyon = {int(r.get_attribute("data-row-id")) for r in page.all("tr[data-row-id]")}
+    assert lyon == {ids[CITIES[0][0]]}
+
+    page.open(f"/ns/locations/rows/{ids[CITIES[0][0]]}")
+    page.wait(".message[data-role=assistant]")
+    assert page.all("#audit") and page.all("button[data-action=include]")
+    page.screenshot("row")
+
+    page.open(f"/ns/locations/rows/{ids['tool']}")
+    page.wait(".message[data-role=assistant]")
+    assert "geocode" in page.one("#row").text
+    page.screenshot("row-tool-call")
+    assert csp_and_script_errors(page) == []
