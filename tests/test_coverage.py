@@ -144,3 +144,12 @@ def test_totals_of_an_assignment_run() -> None:
         5: (3, 7, 12),
         6: (1, 4, 11),
     }
+
+
+def test_a_huge_prompt_counts_its_first_distinct_words_and_memory_stays_bounded() -> None:
+    words = [f"w{i}" for i in range(3 * signatures.MAX_WORDS)]
+    huge = " ".join(words * 2)
+    first = " ".join(words[: signatures.MAX_WORDS])
+    many = signatures.signatures([huge] * 200)  # 800,000 shingles: hashed in budgeted batches
+    assert np.array_equal(many[0], signatures.signatures([first])[0])
+    assert np.array_equal(many[-1], many[0])

@@ -7,14 +7,19 @@ from __future__ import annotations
 import json
 import random
 import re
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pexpect
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from curation.coverage import signatures
+from curation.curate import coverage
+from tests import pg
 from tests.cli import run, run_json, spawn
 from tests.factories import add_row
 from tests.traffic import TEMPLATES, prompt, traffic
@@ -247,3 +252,31 @@ def test_embeddings_recluster_through_the_provider(
     assert len(down.stderr.strip().splitlines()) == 1
     assert "cannot reach the provider" in down.stderr
     assert clusters(conn_ac) == assigned  # a failed recluster changes nothing
+
+
+@pytest.fixture
+def curator_url(pg_server: str, db_url: str) -> Iterator[str]:
+    """db_url as a login that is only a curator (curation_curator)."""
+    name = f"curator_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg.with_dbname(pg_server, "postgres"), autocommit=True) as c:
+        c.execute(f"CREATE ROLE {name} LOGIN IN ROLE curation_curator")
+    yield make_conninfo(**{**conninfo_to_dict(db_url), "user": name})  # type: ignore[arg-type]
+    with psycopg.connect(db_url, autocommit=True) as d:
+        d.execute(f"DROP OWNED BY {name}")
+    with psycopg.connect(pg.with_dbname(pg_server, "postgres"), autocommit=True) as c:
+        c.execute(f"DROP ROLE {name}")
+
+
+def test_a_curator_can_cluster_and_review(conn_ac: Conn, curator_url: str) -> None:
+    """As a curation_curator login (through the library: the CLI's schema check reads
+    alembic_version, which curators cannot)."""
+    truth = fill(conn_ac, n=30, groups=2)
+    with psycopg.connect(curator_url, autocommit=True, row_factory=psycopg.rows.dict_row) as c:
+        coverage.update(c, NS)
+        fill(conn_ac, n=10, seed=5, groups=3)
+        assert coverage.update(c, NS).assigned == 10  # incremental, too
+        assert len(coverage.report(c, NS)["clusters"]) == 3
+        plan = coverage.plan(c, NS)
+        with c.transaction():
+            assert coverage.next_for_review(c, NS, [], plan) is not None
+        assert coverage.update(c, NS, recluster=True).assigned == len(truth) + 10

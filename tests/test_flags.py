@@ -170,6 +170,21 @@ def test_a_schema_it_cannot_read_is_no_evidence() -> None:
     assert flags(ask(response_format=bad), chat('{"city": 1}')) == []
 
 
+def test_a_bug_in_a_check_costs_the_flags_never_the_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    from curation.capture import flags as auto_flags
+    from curation.capture import row
+    from tests.factories import spooled
+
+    def broken(*args: Any, **kw: Any) -> list[str]:
+        raise RuntimeError("a bug")
+
+    capture = spooled(request=orjson.dumps(ask()), response=orjson.dumps(chat(finish="length")))
+    assert row.build(capture).flags == ["truncated"]
+    monkeypatch.setattr(auto_flags, "for_row", broken)
+    built = row.build(capture)
+    assert built.flags is None and built.user_prompt == "q"  # recorded; the backfill flags it
+
+
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
@@ -347,3 +362,16 @@ def test_flagged_rows_come_from_their_partial_index(conn: Conn, flag: str) -> No
     assert f"using {index['indexname']} " in listed, listed
     counted = plan(conn, queries.get("flag_counts"), {"namespace": "locations"})
     assert f"using {index['indexname']} " in counted, counted
+
+
+def test_backfill_walks_in_batches(db_url: str, conn: Conn) -> None:
+    from curation.curate import flagged
+    from curation.db.connect import connection
+
+    flagged_rows(conn)
+    batches: list[int] = []
+    with connection(db_url, autocommit=True) as c:
+        done = flagged.backfill(c, "locations", batch=2, on_batch=batches.append)
+    assert batches == [2, 2, 1] and done == {
+        "rows": 5, "truncated": 1, "refusal": 1, "invalid_json": 1
+    }  # fmt: skip

@@ -288,7 +288,9 @@ def deleted_rows_forget_their_calls(c: Conn, level: str) -> None:
 
 def deleted_rows_leave_their_cluster(c: Conn, level: str) -> None:
     row, kept = new_row(c, f"{level} clustered gone"), new_row(c, f"{level} clustered kept")
-    cluster = one(c, "INSERT INTO coverage_cluster (namespace) VALUES ('locations') RETURNING id", [])
+    cluster = one(
+        c, "INSERT INTO coverage_cluster (namespace) VALUES ('locations') RETURNING id", []
+    )
     for target in (row, kept):
         c.execute(
             "INSERT INTO coverage_row (row_id, namespace, cluster_id, signature)"

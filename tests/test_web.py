@@ -22,6 +22,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from curation.db import queries
+from curation.db import web as db_web
 from curation.errors import InvalidInput
 from curation.web import chat, pages
 from tests import pg
@@ -298,7 +300,11 @@ def test_a_login_without_grants_or_a_wrong_login_gets_a_clear_error(
     assert page.status == 403 and "permission denied" in page.text_of("error")
     assert "Traceback" not in page.body
     _, wrong = sign_in_as(web, "no_such_login")
-    assert wrong.status == 401 and "sign-in failed for no_such_login" in wrong.text_of("error")
+    assert wrong.status == 401
+    assert wrong.text_of("error") == (
+        "sign-in failed for no_such_login: PostgreSQL refused the login: "
+        "role &#34;no_such_login&#34; does not exist"
+    )
     assert 'id="login"' in wrong.body
     assert PASSWORD not in wrong.body
     b = Browser(web.port)
@@ -489,3 +495,145 @@ def test_a_session_ends_when_unused_for_its_idle_time() -> None:
     assert idle.get(t.id) is None  # and its (never opened) connection closed
     u = idle.start("bob", None, Link("postgresql://nobody@127.0.0.1:1/none"))
     assert idle.expired() == [u] and idle.get(u.id) is None
+
+
+def test_the_training_prompt_is_edited_beside_its_token_count(
+    web: Server, rows: Callable[..., int], db_url: str
+) -> None:
+    rows("where is Paris?")  # its production prompt is the factories' long one
+    b = web.signed_in()
+    saved = b.follow(
+        b.post(f"/ns/{NS}/prompt", {"csrf": b.get("/").csrf(), "prompt": "List places."})
+    )
+    assert saved.text_of("status") == f"training prompt of {NS} saved"
+    assert ">List places.</textarea>" in saved.body
+    counts = re.search(r'"training-tokens">(\d+)<.*"production-tokens">(\d+)<', saved.body, re.S)
+    assert counts and 0 < int(counts.group(1)) < int(counts.group(2))
+    assert query(db_url, "SELECT training_system_prompt FROM namespace WHERE name = 'p'") == [
+        {"training_system_prompt": "List places."}
+    ]
+
+
+def test_flagged_rows_are_filtered_shown_and_accepted_by_include(
+    web: Server, rows: Callable[..., int], conn: psycopg.Connection[Any], db_url: str
+) -> None:
+    plain, cut, refused = rows("where is Paris?"), rows("where is Lyon?"), rows("where is Nice?")
+    conn.execute(f"UPDATE {NS}_openai_chat_completion SET flags = '{{}}' WHERE id = %s", [plain])
+    conn.execute(
+        f"UPDATE {NS}_openai_chat_completion SET flags = '{{truncated}}' WHERE id = %s", [cut]
+    )
+    conn.execute(
+        f"UPDATE {NS}_openai_chat_completion SET flags = '{{refusal,empty}}' WHERE id = %s",
+        [refused],
+    )
+    b = web.signed_in()
+    flagged = b.get(f"/ns/{NS}/rows?state=flagged")
+    assert set(ids_in(flagged)) == {cut, refused} and flagged.text_of("count") == "2"
+    assert '<span class="flag" title="truncated: the answer was cut off' in flagged.body
+    assert ids_in(b.get(f"/ns/{NS}/rows?flag=truncated")) == [cut]
+    assert ids_in(b.get(f"/ns/{NS}/rows?flag=empty&state=pending")) == [refused]
+    assert b.get(f"/ns/{NS}/rows?flag=sideways").status == 400
+    page = b.get(f"/ns/{NS}/rows/{refused}")
+    assert "<h2>⚑ Flagged: refusal, empty</h2>" in page.body
+    assert '<li data-flag="empty"><b>empty</b>: the answer has no text' in page.body
+    assert 'id="flags"' not in b.get(f"/ns/{NS}/rows/{plain}").body
+    # `curation include` refuses a flagged row without --accept-flags; the page's include
+    # key is review's: the flags were on screen, so including accepts them, recorded
+    r = b.act(cut, "include")
+    assert (r.status, r.location) == (303, f"/ns/{NS}/next"), r.body
+    assert b.follow(r).text_of("status") == f"row {cut} included"
+    [got] = query(
+        db_url,
+        f"SELECT included IS NOT NULL AS included, flags_accepted_by, flags_accepted_at IS NOT NULL"
+        f" AS at FROM {NS}_openai_chat_completion WHERE id = %s",
+        [cut],
+    )
+    assert got == {"included": True, "flags_accepted_by": "ana", "at": True}
+    assert "Accepted by ana" in b.get(f"/ns/{NS}/rows/{cut}").body
+    corrected = b.follow(b.act(refused, "correct", correction="Nice is in France."))
+    assert corrected.text_of("status") == f"row {refused} corrected and included"
+    assert query(
+        db_url,
+        f"SELECT flags_accepted_by FROM {NS}_openai_chat_completion WHERE id = %s",
+        [refused],
+    ) == [{"flags_accepted_by": "ana"}]
+
+
+def test_search_finds_answers_too_through_their_index(
+    web: Server, rows: Callable[..., int], conn: psycopg.Connection[Any]
+) -> None:
+    in_prompt = rows("tell me about Lutetia")
+    in_answer = rows("what was Paris called?", answer="Lutetia, in Roman times")
+    in_correction = rows("and Lyon?", answer="no idea", corrected={"content": "Lugdunum"})
+    tool = rows(
+        "weather in Nice?",
+        answer=None,
+        tool_calls=[{"id": "c1", "type": "function", "function": {"name": "w", "arguments": "{}"}}],
+    )
+    rows("where is Metz?", answer="in Lorraine")
+    b = web.signed_in()
+    assert set(ids_in(b.get(f"/ns/{NS}/rows?q=lutetia"))) == {in_prompt, in_answer}
+    assert ids_in(b.get(f"/ns/{NS}/rows?q=LUGDUNUM")) == [in_correction]
+    assert ids_in(b.get(f"/ns/{NS}/rows?q=no+idea")) == []  # the answer in force only
+    assert ids_in(b.get(f"/ns/{NS}/rows?q=%22function%22")) == [tool]
+    assert ids_in(b.get(f"/ns/{NS}/rows?q=lorraine&state=pending")) != []
+    conn.execute(  # enough other rows that reading them all costs more than two lookups
+        f"INSERT INTO {NS}_openai_chat_completion (namespace, user_prompt, response)"
+        " SELECT %s, 'prompt ' || g, json_build_object('choices', json_build_array("
+        " json_build_object('message', json_build_object('content', 'answer ' || g))))"
+        " FROM generate_series(1, 3000) g",
+        [NS],
+    )
+    conn.execute(f"ANALYZE {NS}_openai_chat_completion")
+    conn.execute("SET enable_seqscan = off")
+    conn.execute("SET enable_indexscan = off")  # as the planner does for a rare term: no walk
+    filters = db_web.row_filters(state=None, search="x", tag=None, model=None, since=None)
+    sql = queries.for_namespace("list_rows", NS, filters=filters, order="list_newest")
+    plan = conn.execute(
+        psycopg.sql.SQL("EXPLAIN ") + sql, {"namespace": NS, "search": "lutetia", "limit": 50}
+    ).fetchall()
+    used = "\n".join(str(next(iter(r.values()))) for r in plan)
+    for parent in ("prompt_trgm", "answer_trgm"):
+        [index] = conn.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            f" WHERE i.inhparent = 'openai_chat_completion_{parent}_idx'::regclass"
+            " AND c.relname LIKE %s",
+            [f"{NS}\\_%"],
+        ).fetchall()
+        assert f"Bitmap Index Scan on {index['relname']} " in used, used
+
+
+def test_undo_of_a_decision_in_another_namespace_shows_that_row(
+    web: Server, rows: Callable[..., int], conn: psycopg.Connection[Any]
+) -> None:
+    here = rows("where is Paris?")
+    there = add_row(conn, "q", "where is Rome?", included=False)
+    b = web.signed_in()
+    token = b.get(f"/ns/q/rows/{there}").csrf()
+    assert b.post(f"/ns/q/rows/{there}/include", {"csrf": token}).status == 303
+    r = b.act(here, "reset")  # u on a pending row of p: the last decision, in q, undone
+    assert (r.status, r.location) == (303, f"/ns/q/rows/{there}")
+    page = b.follow(r)
+    assert page.text_of("status") == f"row {there} is pending again"
+    assert f'data-row-id="{there}" data-state="pending" data-namespace="q"' in page.body
+
+
+def test_next_by_coverage_hands_out_one_row_per_group_first(
+    web: Server, rows: Callable[..., int], conn: psycopg.Connection[Any]
+) -> None:
+    from tests.traffic import traffic
+
+    truth = {rows(text): template for template, text in traffic(60, seed=15, groups=3)}
+    b = web.signed_in()
+    assert b.get(f"/ns/{NS}/next?order=sideways").status == 400
+    r = b.get(f"/ns/{NS}/next?order=coverage")
+    shown = []
+    for _ in range(3):
+        assert r.status == 303 and r.location.startswith(f"/ns/{NS}/rows/"), r.body
+        row = int(r.location.rsplit("/", 1)[1])
+        shown.append(row)
+        r = b.act(row, "include")
+        assert r.location == f"/ns/{NS}/next"  # the session keeps the order
+        r = b.get(r.location)
+    assert sorted(truth[row] for row in shown) == [0, 1, 2]  # one row of each group
+    assert b.get(f"/ns/{NS}/next?order=seen").status == 303  # back to most seen first

@@ -506,3 +506,14 @@ def test_the_three_pages_with_demo_data(page: Page, db_url: str, conn: Conn) -> 
     assert "geocode" in page.one("#row").text
     page.screenshot("row-tool-call")
     assert csp_and_script_errors(page) == []
+
+    more = {add_row(conn, "support", f"Ticket {n}", "On it.", included=False) for n in range(60)}
+    page.open("/ns/support/rows?state=pending")
+    seen: list[int] = []
+    for _ in range(5):  # keyset pages until the last: every row once, none twice
+        page.wait("table#rows")
+        seen += [int(r.get_attribute("data-row-id")) for r in page.all("tr[data-row-id]")]
+        if not page.all("a#next"):
+            break
+        page.driver.get(page.one("a#next").get_attribute("href"))
+    assert len(seen) == len(set(seen)) == 63 and more <= set(seen)

@@ -34,9 +34,9 @@ CREATE INDEX coverage_cluster_namespace_idx ON coverage_cluster (namespace);
 COMMENT ON TABLE coverage_cluster IS 'Groups of a namespace''s rows whose prompts ask the same thing (MinHash over their words); written by curation coverage.';
 COMMENT ON COLUMN coverage_cluster.id IS 'Cluster id, unique across namespaces (coverage_row.cluster_id).';
 COMMENT ON COLUMN coverage_cluster.namespace IS 'The namespace whose rows it groups.';
-COMMENT ON COLUMN coverage_cluster.size IS 'Rows in the cluster, as of the last curation coverage.';
-COMMENT ON COLUMN coverage_cluster.traffic IS 'Sum of its rows'' times_seen, as of the last curation coverage.';
-COMMENT ON COLUMN coverage_cluster.example_row_id IS 'Its most-seen row: shown as its example, and the representative new rows are compared with.';
+COMMENT ON COLUMN coverage_cluster.size IS 'Rows assigned to it, as of the last curation coverage (a deleted row counts until the next --recluster; curation coverage reports it live).';
+COMMENT ON COLUMN coverage_cluster.traffic IS 'Sum of its rows'' times_seen as each was assigned (repeats since are not counted here; curation coverage reports it live).';
+COMMENT ON COLUMN coverage_cluster.example_row_id IS 'Its most-seen row when it was clustered (a new cluster: its most-seen first row): shown as its example, and the representative new rows are compared with.';
 COMMENT ON COLUMN coverage_cluster.created_at IS 'When the cluster was made (a recluster makes them all anew).';
 
 CREATE TABLE coverage_row (

@@ -26,6 +26,7 @@ COLUMNS = ["id", "size", "traffic", "included", "negative_feedback", "disagreeme
 @click.option(
     "--embeddings",
     "model",
+    metavar="MODEL",
     help="Recluster every row by embeddings from MODEL at the configured provider "
     "(OPENAI_BASE_URL, OPENAI_API_KEY) instead of by words.",
 )

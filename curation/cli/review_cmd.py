@@ -350,13 +350,13 @@ def feedback_counts(conn: Any, namespace: str, row_id: int) -> dict[str, int]:
     return db_feedback.counts(conn, namespace, row_id)
 
 
-def next_row(conn: Any, namespace: str, skip: list[int], order: str) -> dict[str, Any] | None:
-    """The row to show next: by coverage (then rows that arrived since it assigned them),
-    or most seen first."""
-    if order == "coverage":
+def next_row(conn: Any, namespace: str, skip: list[int], plan: Any) -> dict[str, Any] | None:
+    """The row to show next: by the coverage ``plan`` (then rows that arrived since it was
+    made), or, without one, most seen first."""
+    if plan is not None:
         from curation.curate import coverage  # numpy, datasketch: not for `curation --help`
 
-        row = coverage.next_for_review(conn, namespace, skip)
+        row = coverage.next_for_review(conn, namespace, skip, plan)
         if row is not None:
             return row
     return rows.next_pending(conn, namespace, skip)
@@ -403,14 +403,16 @@ def review_command(
     need_terminal()
     with app.db(autocommit=True) as conn:
         s = Session(app, conn, namespace, who(app, curator))
+        plan = None
         if order == "coverage":
             from curation.curate import coverage
 
             coverage.update(conn, namespace)  # rows captured since the last run get a cluster
+            plan = coverage.plan(conn, namespace)
         while True:
             with conn.transaction():
                 row = disagreed_row(conn, namespace, s.skipped) if disagreements else None
-                row = row or next_row(conn, namespace, s.skipped, order)
+                row = row or next_row(conn, namespace, s.skipped, plan)
                 if row is None:
                     click.echo(f"nothing left to review; {s.tally()}")
                     return

@@ -36,9 +36,10 @@ def web_command(app: AppContext, listen: str | None, curator: str | None) -> Non
     host, port = parse_listen(listen or app.settings().web_listen)
     app.ensure_schema()
     from curation.web import app as web_app  # aiohttp and jinja2: only for this command
+    from curation.web.view import Config
 
     settings = app.settings()
-    config = web_app.Config(
+    config = Config(
         url=app.url(),
         curator=who(app, curator),
         token=web_app.new_token(),

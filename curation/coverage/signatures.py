@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import numpy as np
 import numpy.typing as npt
@@ -26,7 +26,9 @@ from datasketch.minhash import _fmix  # the scheme's pre-mix, applied exactly as
 NUM_PERM = 64  # 256 bytes a row; the estimate's standard error is at most 0.0625
 SEED = 1
 SCHEME = "affine32"
-BATCH = 4096  # prompts hashed together: ~20 MB of products at 20 shingles each
+BATCH = 4096  # prompts hashed together: ~20 MB of products at 20 words each
+BUDGET = 262_144  # ... or fewer, so that their products stay under 64 MB
+MAX_WORDS = 4096  # distinct words of a prompt that count (a prompt is a question, not a book)
 
 Signatures = npt.NDArray[np.uint32]  # one row of NUM_PERM values per prompt
 
@@ -36,8 +38,9 @@ _A, _B = (np.asarray(p, dtype=np.uint32) for p in _TEMPLATE.permutations)
 
 
 def shingles(text: str) -> list[bytes]:
-    """The words of ``text``, lower-cased; a text without words is one shingle."""
-    words = _WORD.findall(text.lower())
+    """The distinct words of ``text``, lower-cased, the first MAX_WORDS of them; a text
+    without words is one shingle."""
+    words = list(dict.fromkeys(_WORD.findall(text.lower())))[:MAX_WORDS]
     if not words:
         return [text.strip().lower().encode()]
     return [s.encode() for s in words]
@@ -46,26 +49,25 @@ def shingles(text: str) -> list[bytes]:
 def signatures(texts: Iterable[str]) -> Signatures:
     """One signature per text, in order."""
     parts = []
-    batch: list[str] = []
+    hashes: list[int] = []
+    counts: list[int] = []
     for text in texts:
-        batch.append(text)
-        if len(batch) == BATCH:
-            parts.append(_batch(batch))
-            batch = []
-    if batch or not parts:
-        parts.append(_batch(batch))
+        found = [zlib.crc32(s) for s in shingles(text)]
+        hashes += found
+        counts.append(len(found))
+        if len(counts) == BATCH or len(hashes) >= BUDGET:
+            parts.append(_minimums(hashes, counts))
+            hashes, counts = [], []
+    if counts or not parts:
+        parts.append(_minimums(hashes, counts))
     return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
-def _batch(texts: Sequence[str]) -> Signatures:
-    if not texts:
+def _minimums(hashes: list[int], counts: list[int]) -> Signatures:
+    """Each text's minimum of each permutation over its shingles' hashes (``counts``
+    of them per text, in order), as ``MinHash.update_batch`` computes it."""
+    if not counts:
         return np.empty((0, NUM_PERM), dtype=np.uint32)
-    hashes: list[int] = []
-    counts = np.empty(len(texts), dtype=np.int64)
-    for i, text in enumerate(texts):
-        found = [zlib.crc32(s) for s in shingles(text)]
-        hashes += found
-        counts[i] = len(found)
     hv = _fmix(np.fromiter(hashes, dtype=np.uint32, count=len(hashes)), 32)
     products = hv[:, None] * _A + _B  # wraps modulo 2**32, as the scheme intends
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))

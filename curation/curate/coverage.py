@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from array import array
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -121,30 +121,67 @@ def report(conn: Connection, namespace: str, limit: int | None = None) -> dict[s
     return {"clusters": clusters, "covered_share": round(share, 6)}
 
 
-def next_for_review(conn: Connection, namespace: str, skip: Sequence[int]) -> dict[str, Any] | None:
+@dataclass
+class Plan:
+    """A coverage review's clusters, as ``[covered, -traffic, cluster id]`` in the order
+    their rows are shown. Ranked once, at the start (one aggregate over the namespace);
+    the cluster a row is about to come from is checked again first, so a decision (this
+    curator's or another's) re-ranks it then."""
+
+    order: list[list[int]] = field(default_factory=list)
+
+
+def plan(conn: Connection, namespace: str) -> Plan:
+    from curation.db import coverage as db
+
+    found = db.review_plan(conn, namespace)
+    return Plan(sorted([int(covered), -traffic, cid] for cid, traffic, covered in found))
+
+
+def next_for_review(
+    conn: Connection, namespace: str, skip: Sequence[int], ranked: Plan
+) -> dict[str, Any] | None:
     """Lock and return the next row for a coverage review (inside a transaction): from
     the uncovered cluster with most traffic, its most-seen row; once every cluster is
     covered, from the one with most traffic, the row least like its included rows.
-    Rows another curator holds are passed over; None when nothing is left."""
+    A cluster whose pending rows are all decided, skipped or held by another curator
+    leaves the plan; None when the plan is empty."""
     from curation.db import coverage as db
 
-    passed = list(skip)
-    while (chosen := db.next_cluster(conn, namespace, passed)) is not None:
-        cluster_id = int(chosen["cluster_id"])
-        candidates = db.cluster_rows(
-            conn, namespace, cluster_id, pending=True, skip=passed, limit=SHOWN_CANDIDATES
+    while ranked.order:
+        was, _, cluster_id = ranked.order[0]
+        now = int(db.covered(conn, namespace, cluster_id))
+        if now != was:
+            ranked.order[0][0] = now
+            ranked.order.sort()
+            continue
+        row = _least_like_row(conn, namespace, cluster_id, bool(now), skip)
+        if row is not None:
+            return row
+        ranked.order.pop(0)
+    return None
+
+
+def _least_like_row(
+    conn: Connection, namespace: str, cluster_id: int, covered: bool, skip: Sequence[int]
+) -> dict[str, Any] | None:
+    """The cluster's next pending row, locked: the most seen of an uncovered cluster, the
+    least like its included rows of a covered one; None if none can be had."""
+    from curation.db import coverage as db
+
+    candidates = db.cluster_rows(
+        conn, namespace, cluster_id, pending=True, skip=skip, limit=SHOWN_CANDIDATES
+    )
+    order: Sequence[int] = range(len(candidates))
+    if covered and candidates:
+        included = db.cluster_rows(conn, namespace, cluster_id, pending=False)
+        order = groups.least_like(
+            from_bytes(s for _, s in candidates), from_bytes(s for _, s in included)
         )
-        order: Sequence[int] = range(len(candidates))
-        if chosen["covered"] and candidates:
-            included = db.cluster_rows(conn, namespace, cluster_id, pending=False)
-            order = groups.least_like(
-                from_bytes(s for _, s in candidates), from_bytes(s for _, s in included)
-            )
-        for i in order:
-            row = db.lock_pending(conn, namespace, candidates[i][0])
-            if row is not None:
-                return row
-        passed += [row_id for row_id, _ in candidates]
+    for i in order:
+        row = db.lock_pending(conn, namespace, candidates[i][0])
+        if row is not None:
+            return row
     return None
 
 

@@ -91,12 +91,19 @@ def report(conn: Connection, namespace: str) -> list[dict[str, Any]]:
     ).fetchall()
 
 
-def next_cluster(conn: Connection, namespace: str, skip: Sequence[int]) -> dict[str, Any] | None:
-    """(cluster_id, covered) of the cluster review takes its next row from."""
-    return conn.execute(
-        queries.for_namespace("coverage_next_cluster", namespace),
-        {"namespace": namespace, "skip": list(skip)},
+def review_plan(conn: Connection, namespace: str) -> list[tuple[int, int, bool]]:
+    """(cluster id, traffic, covered) of every cluster with a pending row."""
+    found = conn.execute(
+        queries.for_namespace("coverage_review_plan", namespace), {"namespace": namespace}
+    )
+    return [(int(r["cluster_id"]), int(r["traffic"]), bool(r["covered"])) for r in found]
+
+
+def covered(conn: Connection, namespace: str, cluster_id: int) -> bool:
+    row = conn.execute(
+        queries.for_namespace("coverage_cluster_covered", namespace), {"cluster_id": cluster_id}
     ).fetchone()
+    return bool(row and row["covered"])
 
 
 def cluster_rows(

@@ -20,7 +20,7 @@ from psycopg import conninfo
 from curation.db import connect, queries
 from curation.db.connect import Connection
 from curation.db.errors import first_line
-from curation.errors import Conflict, CurationError, PermissionDenied
+from curation.errors import Conflict, CurationError, DatabaseUnavailable, PermissionDenied
 
 T = TypeVar("T")
 COUNT_CAP = 1000  # a filtered rows page counts up to this many, then says "1000+"
@@ -49,8 +49,16 @@ class Link:
         self.claimed: int | None = None
 
     def check(self) -> None:
-        """Connect now: a wrong login or password fails the sign-in, not a later page."""
-        self.run(lambda conn: None)
+        """Connect now: a wrong login or password fails the sign-in, not a later page,
+        saying what the server said (``role "x" does not exist``), not where it is."""
+        try:
+            self.run(lambda conn: None)
+        except DatabaseUnavailable as exc:
+            said = str(exc.__cause__ or "")
+            if "FATAL:" not in said:
+                raise
+            reason = said.split("FATAL:", 1)[1].strip().splitlines()[0]
+            raise PermissionDenied(f"PostgreSQL refused the login: {reason}") from exc
 
     def run(self, work: Callable[[Connection], T], *, commit: bool = False) -> T:
         with self._lock:
@@ -83,15 +91,22 @@ class Link:
             self._abandon(conn)
             raise
 
-    def claim(self, namespace: str, skip: Sequence[int]) -> dict[str, Any] | None:
-        """Let go of the row held so far and lock the next pending one (review's query)."""
+    def claim(
+        self,
+        namespace: str,
+        skip: Sequence[int],
+        pick: Callable[[Connection], dict[str, Any] | None] | None = None,
+    ) -> dict[str, Any] | None:
+        """Let go of the row held so far and lock the next pending one: ``pick``'s (a
+        review order's, locking as review does), else review's most seen first."""
 
         def next_row(conn: Connection) -> dict[str, Any] | None:
             from curation.db import curate
 
             conn.commit()
             self.claimed = None
-            row = curate.next_pending(conn, namespace, skip)
+            row = pick(conn) if pick is not None else None
+            row = row or curate.next_pending(conn, namespace, skip)
             self.claimed = None if row is None else int(row["id"])
             return row
 
@@ -158,6 +173,7 @@ def row_filters(
     tag: dict[str, str] | None,
     model: str | None,
     since: datetime | None,
+    flag: str | None = None,
 ) -> list[str]:
     """The named fragments of a rows page's filters (the list_* of curate.sql, feedback.sql
     and rollout.sql; web.sql's web_*)."""
@@ -169,12 +185,14 @@ def row_filters(
         "proposals": "web_proposals",
         "feedback": "list_feedback_negative",  # feedback.sql
         "disagreements": "list_disagreements",  # rollout.sql: a live student disagreed
+        "flagged": "list_flag_any",  # flags.sql: any automatic flag
     }
     filters = [named[state]] if state in named else []
-    filters += ["list_search"] if search else []
+    filters += ["web_search"] if search else []
     filters += ["web_tag"] if tag else []
     filters += ["web_model"] if model else []
     filters += ["list_since"] if since is not None else []
+    filters += ["list_flag"] if flag else []
     return filters
 
 

@@ -8,10 +8,14 @@ logged). Either starts only once the client has its whole answer, and never
 waits for a client: a namespace's calls per minute (``shadow_per_minute``) and
 the proxy's calls in flight (``CURATION_BACKGROUND_CONCURRENCY``) are bounded,
 and a call over either is dropped and counted, as is a comparison that cannot
-wait for PostgreSQL. Only chat completions are compared (not the Responses API).
+wait for PostgreSQL. Chat completions and Responses API calls are both shadowed
+and watched: a Responses call goes to the student's ``/responses`` and the two
+Responses are compared by their output text and function calls.
 
 The comparison is the namespace's comparator (``eval``'s exact, json or a
-command; a command runs in a thread, bounded by its own timeout), and goes to
+command; a command runs as an asyncio subprocess in its own process group,
+bounded by ``eval``'s timeout and killed, group and all, when shutdown cancels
+its comparison, so stopping the proxy never waits for one), and goes to
 ``shadow_comparison`` through ``db/shadow.py``, with the serving tallies the
 rollout decider reads.
 """
@@ -19,8 +23,10 @@ rollout decider reads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 import socket
 import time
 from collections.abc import Mapping
@@ -29,12 +35,12 @@ from dataclasses import dataclass, field
 import aiohttp
 from multidict import CIMultiDict
 
+from curation.capture.responses import API as RESPONSES_API
 from curation.capture.responses import CHAT_API
 from curation.config import Settings
 from curation.db.shadow import Comparison, ShadowStore
-from curation.errors import CurationError
+from curation.errors import CurationError, InvalidInput
 from curation.evaluate import compare, live
-from curation.evaluate.compare import Comparator
 from curation.proxy import routing, student
 from curation.proxy.metrics import Metrics
 from curation.proxy.serving import Serving
@@ -59,7 +65,8 @@ class Job:
     namespace: str
     call_id: str
     served: Serving
-    path: str  # the call's upstream path (/v1/chat/completions)
+    api: str  # chat.completions | responses
+    path: str  # the call's upstream path (/v1/chat/completions, /v1/responses)
     request: bytes  # the client's own body
     headers: Mapping[str, str] = field(repr=False)  # the client's: its key, in memory only
     answer: bytes  # what the client got: a completion, or the SSE stream of one
@@ -86,12 +93,11 @@ class Background:
         self.store = ShadowStore(url, proxy_name(), on_drop=self._lost)
         self.tasks: set[asyncio.Task[None]] = set()
         self._spent: dict[str, tuple[int, int]] = {}  # namespace -> (minute, calls made in it)
-        self._comparators: dict[str, Comparator] = {}
         self._told: set[tuple[str, str]] = set()  # (namespace, comparator) already logged
 
     def plan(self, served: Serving, *, rewritten: bool, fallback: bool, api: str) -> str | None:
         """Whether this call gets a background call, and which kind (the per-call dice)."""
-        if api != CHAT_API:
+        if api not in (CHAT_API, RESPONSES_API):
             return None
         if rewritten:
             return WATCH if served.watch() else None
@@ -146,7 +152,9 @@ class Background:
 
     async def _compare_one(self, session: aiohttp.ClientSession, job: Job) -> None:
         try:
-            known: live.Answer | None = live.answer_of(job.answer, job.streamed, job.encoding)
+            known: live.Answer | None = live.answer_of(
+                job.answer, job.streamed, job.encoding, api=job.api
+            )
         except live.NoAnswer as exc:
             known, asked = None, Asked(None, None, f"the client's answer: {exc}")
         else:
@@ -160,7 +168,7 @@ class Background:
     async def _ask(self, session: aiohttp.ClientSession, job: Job) -> Asked:
         url, headers, body = self._request(job)
         if body is None:
-            return Asked(None, None, "the call is not a chat completion request")
+            return Asked(None, None, f"the call is not a {job.api} request")
         timeout = self.settings.background_timeout
         t0 = time.perf_counter()
         try:
@@ -177,7 +185,9 @@ class Background:
         if not 200 <= response.status < 300:
             return Asked(None, ms, f"status {response.status}")
         try:
-            answer = live.answer_of(data, encoding=response.headers.get("Content-Encoding"))
+            answer = live.answer_of(
+                data, encoding=response.headers.get("Content-Encoding"), api=job.api
+            )
         except live.NoAnswer as exc:
             return Asked(None, ms, str(exc))
         return Asked(answer, ms)
@@ -199,9 +209,9 @@ class Background:
             return (
                 url,
                 headers,
-                live.background_body(job.request, served.model, served.short_prompt),
+                live.background_body(job.request, served.model, served.short_prompt, job.api),
             )
-        return url, headers, live.background_body(job.request)
+        return url, headers, live.background_body(job.request, api=job.api)
 
     async def _agree(
         self, namespace: str, name: str | None, teacher: live.Answer, pupil: live.Answer
@@ -209,12 +219,10 @@ class Background:
         """The comparator's verdict, or (None, why) when it cannot give one."""
         name = name or "exact"
         try:
-            comparator = self._comparators.get(name) or compare.resolve(name)
-            self._comparators[name] = comparator
+            comparator = compare.resolve(name)  # a bad name raises here
             if name in INLINE:
                 return live.agree(comparator, teacher, pupil), None
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(None, live.agree, comparator, teacher, pupil), None
+            return await run_command(name, live.command_input(teacher, pupil)), None
         except live.NoAnswer as exc:
             return None, str(exc)
         except CurationError as exc:
@@ -265,3 +273,31 @@ class Background:
 
     def _lost(self, namespace: str, n: int, reason: str = "database") -> None:
         self.metrics.background_dropped.labels(namespace, reason).inc(n)
+
+
+async def run_command(cmd: str, payload: bytes, timeout: float = compare.COMMAND_TIMEOUT) -> bool:
+    """A command comparator as ``eval`` runs it (``compare.command``: the answers on stdin,
+    exit 0 a match), without a thread: cancelled, it kills its process group at once."""
+    proc = await asyncio.create_subprocess_shell(
+        cmd,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            _, stderr = await proc.communicate(payload)
+    except TimeoutError:
+        raise InvalidInput(f"{cmd!r} ran past {timeout:g}s on one call; make it faster") from None
+    finally:
+        if proc.returncode is None:  # timed out, or cancelled by shutdown
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+    code = await proc.wait()  # already ended: its exit code
+    if code in compare.CANNOT_RUN or code < 0:
+        said = stderr.decode("utf-8", "replace").strip().splitlines()
+        why = f"exit {code}" if code > 0 else f"signal {-code}"
+        raise InvalidInput(f"{cmd!r} cannot run ({why}{': ' + said[-1] if said else ''})")
+    return code == 0

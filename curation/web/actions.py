@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -19,8 +20,7 @@ from curation.db import web as db
 from curation.db.connect import Connection
 from curation.db.evals import decide_proposals
 from curation.errors import Conflict, CurationError, InvalidInput, NotFound
-from curation.web import app as web_app
-from curation.web import auth, pages
+from curation.web import auth, pages, view
 
 MAX_FIELD = 1_000_000  # characters of a correction, a note or a prompt
 
@@ -43,13 +43,13 @@ async def login(request: web.Request) -> web.StreamResponse:
     user, password = given.get("user", "").strip(), given.get("password", "")
     if not user:
         return pages.login_form(request, "give your PostgreSQL login", status=400)
-    config = request.app[web_app.CONFIG]
+    config = request.app[view.CONFIG]
     try:
         link = db.Link(db.login_url(config.url, user, password))
         await asyncio.to_thread(link.check)
     except CurationError as exc:
         return pages.login_form(request, f"sign-in failed for {user}: {exc}", status=401)
-    s = request.app[web_app.SESSIONS].start(user, user, link)
+    s = request.app[view.SESSIONS].start(user, user, link)
     response = web.HTTPSeeOther("/")
     auth.set_cookie(response, auth.COOKIE, s.id)
     response.del_cookie(auth.LOGIN_COOKIE, path="/")
@@ -58,7 +58,7 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 async def logout(request: web.Request) -> web.StreamResponse:
     s = pages.session(request)
-    request.app[web_app.SESSIONS].drop(s)
+    request.app[view.SESSIONS].drop(s)
     await s.call(s.link.close)
     response = web.HTTPSeeOther("/login")
     response.del_cookie(auth.COOKIE, path="/")
@@ -77,32 +77,43 @@ async def prompt(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther("/")
 
 
-# An action: (connection, namespace, row id, form, session) -> the line saying what it did,
-# and whether the page then moves on to the next pending row.
-Action = Callable[[Connection, str, int, dict[str, str], auth.Session], tuple[str, bool]]
+@dataclass(frozen=True)
+class Done:
+    """What an action did: the line saying so, and where the page goes next: the next
+    pending row (``move_on``), else ``shown``, the row it changed (review's undo may
+    name a row of another namespace)."""
+
+    said: str
+    move_on: bool
+    shown: tuple[str, int]
+
+    def location(self, ns: str) -> str:
+        shown_ns, row_id = self.shown
+        return f"/ns/{ns}/next" if self.move_on else f"/ns/{shown_ns}/rows/{row_id}"
 
 
-def include(
-    conn: Connection, ns: str, row_id: int, f: dict[str, str], s: auth.Session
-) -> tuple[str, bool]:
-    curate_rows.set_state(conn, ns, [row_id], "included", curator=s.curator)
+# An action: (connection, namespace, row id, form, session) -> what it did.
+Action = Callable[[Connection, str, int, dict[str, str], auth.Session], Done]
+
+
+def include(conn: Connection, ns: str, row_id: int, f: dict[str, str], s: auth.Session) -> Done:
+    """Included, its flags accepted as review's include key accepts them: the row page
+    shows them above the keys (``flags_accepted_by`` records who saw them)."""
+    curate_rows.set_state(conn, ns, [row_id], "included", curator=s.curator, accept_flags=True)
     s.last = (ns, row_id)
-    return f"row {row_id} included", True
+    return Done(f"row {row_id} included", True, (ns, row_id))
 
 
-def exclude(
-    conn: Connection, ns: str, row_id: int, f: dict[str, str], s: auth.Session
-) -> tuple[str, bool]:
+def exclude(conn: Connection, ns: str, row_id: int, f: dict[str, str], s: auth.Session) -> Done:
     reason = f.get("note", "").strip() or None
     curate_rows.set_state(conn, ns, [row_id], "excluded", curator=s.curator, note=reason)
     s.last = (ns, row_id)
-    return f"row {row_id} excluded", True
+    return Done(f"row {row_id} excluded", True, (ns, row_id))
 
 
-def reset(
-    conn: Connection, ns: str, row_id: int, f: dict[str, str], s: auth.Session
-) -> tuple[str, bool]:
-    """This row back to pending; on a pending row, the session's last decision (review's undo)."""
+def reset(conn: Connection, ns: str, row_id: int, f: dict[str, str], s: auth.Session) -> Done:
+    """This row back to pending; on a pending row, the session's last decision (review's undo),
+    whichever namespace that was in: the page then shows that row."""
     changed = curate_rows.set_state(conn, ns, [row_id], "pending", curator=s.curator, strict=False)
     if not changed:
         if s.last is None:
@@ -110,12 +121,10 @@ def reset(
         ns, row_id = s.last
         curate_rows.set_state(conn, ns, [row_id], "pending", curator=s.curator, strict=False)
     s.last = None
-    return f"row {row_id} is pending again", False
+    return Done(f"row {row_id} is pending again", False, (ns, row_id))
 
 
-def correct(
-    conn: Connection, ns: str, row_id: int, f: dict[str, str], s: auth.Session
-) -> tuple[str, bool]:
+def correct(conn: Connection, ns: str, row_id: int, f: dict[str, str], s: auth.Session) -> Done:
     """The editor's text as the row's correction (a JSON answer must stay JSON, in the
     original's style: ``answers.correction``), then included, as review's ``c``."""
     row = curate_rows.get_row(conn, ns, row_id)
@@ -128,36 +137,35 @@ def correct(
     except ValueError as exc:  # tool calls that are JSON but not a list of calls
         raise InvalidInput(f"not a list of tool calls ({exc}); nothing stored") from exc
     if answers.unchanged(row, stored):
-        return f"row {row_id} unchanged: nothing stored", False
+        return Done(f"row {row_id} unchanged: nothing stored", False, (ns, row_id))
     curate_rows.set_correction(conn, ns, row_id, stored, curator=s.curator)
-    curate_rows.set_state(conn, ns, [row_id], "included", curator=s.curator, strict=False)
+    curate_rows.set_state(
+        conn, ns, [row_id], "included", curator=s.curator, strict=False, accept_flags=True
+    )
     s.last = (ns, row_id)
-    return f"row {row_id} corrected and included", True
+    return Done(f"row {row_id} corrected and included", True, (ns, row_id))
 
 
 def proposal(accept: bool) -> Action:
-    def decide(
-        conn: Connection, ns: str, row_id: int, f: dict[str, str], s: auth.Session
-    ) -> tuple[str, bool]:
+    def decide(conn: Connection, ns: str, row_id: int, f: dict[str, str], s: auth.Session) -> Done:
         curate_rows.as_curator(conn, s.curator)
         if not decide_proposals(conn, ns, [row_id], accept=accept):
             curate_rows.get_row(conn, ns, row_id)  # NotFound for a row that is not there
             raise Conflict(f"row {row_id} has no proposal to {'accept' if accept else 'reject'}")
         if accept:
             s.last = (ns, row_id)
-            return f"row {row_id} included with the proposal accepted as its correction", True
-        return f"row {row_id}: proposal rejected, the row stays pending", False
+            said = f"row {row_id} included with the proposal accepted as its correction"
+            return Done(said, True, (ns, row_id))
+        return Done(f"row {row_id}: proposal rejected, the row stays pending", False, (ns, row_id))
 
     return decide
 
 
-def note(
-    conn: Connection, ns: str, row_id: int, f: dict[str, str], s: auth.Session
-) -> tuple[str, bool]:
+def note(conn: Connection, ns: str, row_id: int, f: dict[str, str], s: auth.Session) -> Done:
     curate_rows.as_curator(conn, s.curator)
     if not db.set_note(conn, ns, row_id, f.get("note", "").strip() or None):
         raise NotFound(f"no row {row_id} in {ns}")
-    return f"row {row_id}: note saved", False
+    return Done(f"row {row_id}: note saved", False, (ns, row_id))
 
 
 ACTIONS: dict[str, Action] = {
@@ -180,20 +188,12 @@ async def decide(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound(text=f"no action {request.match_info['action']!r}")
     f = await form(request)
     s = pages.session(request)
-    said, move_on = await s.db(_run, action, ns, row_id, f, s, commit=True)
-    s.flash = said
-    if move_on:
-        raise web.HTTPSeeOther(f"/ns/{ns}/next")
-    raise web.HTTPSeeOther(f"/ns/{ns}/rows/{_undone(said, row_id)}")
+    done = await s.db(_run, action, ns, row_id, f, s, commit=True)
+    s.flash = done.said
+    raise web.HTTPSeeOther(done.location(ns))
 
 
 def _run(
     conn: Connection, action: Action, ns: str, row_id: int, f: dict[str, str], s: auth.Session
-) -> tuple[str, bool]:
+) -> Done:
     return action(conn, ns, row_id, f, s)
-
-
-def _undone(said: str, fallback: int) -> int:
-    """The row a reset put back to pending (review's undo may name another row)."""
-    words = said.split()
-    return int(words[1]) if said.startswith("row ") and words[1].isdigit() else fallback

@@ -1,7 +1,6 @@
-"""The web page's application: routes, templates, errors, and ``serve``.
+"""The web page's application: routes, errors, and ``serve``.
 
-Every template is autoescaped: what a curator sees came from production traffic,
-so no row value is ever marked safe. A ``CurationError`` from a handler becomes
+A ``CurationError`` from a handler becomes
 the page's one-line ``#error`` with the status that fits (a permission the login
 lacks is a 403 saying so, never a traceback).
 """
@@ -13,50 +12,19 @@ import logging
 import secrets
 import signal
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jinja2
 from aiohttp import web
 
 from curation.errors import Conflict, CurationError, InvalidInput, NotFound, PermissionDenied
 from curation.web import actions, auth, pages
+from curation.web.view import CONFIG, SESSIONS, Config, render
 
 log = logging.getLogger("curation.web")
 STATIC = Path(__file__).parent / "static"
 STATUS = {InvalidInput: 400, PermissionDenied: 403, NotFound: 404, Conflict: 409}
 SWEEP_SECONDS = 60.0
-
-
-@dataclass(frozen=True)
-class Config:
-    """What the server needs: the database, who the token signs in as, the token."""
-
-    url: str
-    curator: str
-    token: str
-    idle: float = 8 * 3600.0
-    models_file: Path | None = None
-
-
-TEMPLATES = jinja2.Environment(
-    loader=jinja2.PackageLoader("curation.web", "templates"),
-    autoescape=True,
-    undefined=jinja2.StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
-CONFIG = web.AppKey("config", Config)
-SESSIONS = web.AppKey("sessions", auth.Sessions)
-
-
-def render(request: web.Request, template: str, status: int = 200, **values: Any) -> web.Response:
-    s: auth.Session | None = request.get("session")
-    html = TEMPLATES.get_template(template).render(
-        session=s, csrf=s.csrf if s else "", status=s.said() if s else None, **values
-    )
-    return web.Response(text=html, status=status, content_type="text/html")
 
 
 @web.middleware

@@ -17,11 +17,14 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
 from curation.db.web import Link
+
+if TYPE_CHECKING:
+    from curation.curate.coverage import Plan  # numpy: only when a review asks for it
 
 T = TypeVar("T")
 COOKIE = "curation_session"
@@ -52,6 +55,7 @@ class Session:
     seen: float = field(default_factory=time.monotonic)
     skipped: dict[str, list[int]] = field(default_factory=dict)  # per namespace, as review's
     last: tuple[str, int] | None = None  # (namespace, row id) of the last decision: undo
+    plans: dict[str, Plan] = field(default_factory=dict)  # next?order=coverage, per namespace
     flash: str | None = None  # what the next page says in #status
     busy: asyncio.Lock = field(default_factory=asyncio.Lock)
 

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from curation.capture import prompt, responses
+from curation.capture import flags, prompt, responses
 from curation.capture.shape import arr, obj, text
 from curation.curate import answers
 
@@ -98,3 +98,23 @@ def editor_text(row: dict[str, Any]) -> tuple[str, bool]:
     whether it must stay JSON (the page and the server both refuse anything else)."""
     original = answers.text(answers.message(row))
     return answers.pretty(original), answers.parse_json(original) is not None
+
+
+# What each automatic flag (capture/flags.py) means, in a curator's words: the row page
+# lists them above the keys, because including the row accepts them.
+FLAG_MEANINGS = {
+    flags.TRUNCATED: "the answer was cut off at the token limit (finish_reason length)",
+    flags.CONTENT_FILTER: "the provider's content filter stopped or withheld the answer",
+    flags.EMPTY: "the answer has no text, no tool call and no refusal",
+    flags.REFUSAL: "the model refused to help (a refusal field, or a short 'I can't help with')",
+    flags.INVALID_JSON: "the request asked for JSON and the answer is not JSON or breaks the schema",
+    flags.TOOL_ARGS: "a tool call's arguments are not JSON, break its schema, or name no tool "
+    "the request offered",
+    flags.MODEL_MISMATCH: "another model answered than the one the request asked for",
+}
+
+
+def flag_list(reasons: Any) -> list[tuple[str, str]]:
+    """A row's flags with what each means; an unknown reason still shows, as itself."""
+    given = [r for r in arr(reasons) if isinstance(r, str)]
+    return [(r, FLAG_MEANINGS.get(r, "a flag this version does not describe")) for r in given]

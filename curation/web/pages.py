@@ -6,16 +6,18 @@ Each handler parses the request, asks the session's connection one thing through
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from aiohttp import web
 
 from curation import names
+from curation.capture import flags as auto_flags
 from curation.curate import rows as curate_rows
 from curation.curate.rows import ROW_ID_MAX
 from curation.db import feedback as db_feedback
@@ -23,10 +25,13 @@ from curation.db import web as db
 from curation.db.connect import Connection
 from curation.db.web import Link
 from curation.errors import CurationError, InvalidInput
-from curation.web import app as web_app
-from curation.web import auth, chat
+from curation.web import auth, chat, view
+
+if TYPE_CHECKING:
+    from curation.curate.coverage import Plan
 
 PAGE = 50
+ORDERS = ("seen", "coverage")  # next pending: review's --order
 STATES = (
     "pending",
     "included",
@@ -35,6 +40,7 @@ STATES = (
     "proposals",
     "feedback",
     "disagreements",
+    "flagged",
     "all",
 )
 COUNT_MODEL = "gpt-4o-mini-2024-07-18"  # counts tokens when a namespace names no model
@@ -52,18 +58,18 @@ def namespace(request: web.Request) -> str:
 
 async def home(request: web.Request) -> web.StreamResponse:
     """The sign-in link (``?token=``), else the namespaces page."""
-    config = request.app[web_app.CONFIG]
+    config = request.app[view.CONFIG]
     if "token" in request.query:
         if not auth.same(request.query.get("token"), config.token):
-            return web_app.render(request, "error.html", status=403, error="wrong sign-in token")
-        sessions = request.app[web_app.SESSIONS]
+            return view.render(request, "error.html", status=403, error="wrong sign-in token")
+        sessions = request.app[view.SESSIONS]
         s = sessions.start(config.curator, None, Link(config.url))
         response = web.HTTPSeeOther("/")
         auth.set_cookie(response, auth.COOKIE, s.id)
         raise response
     s = session(request)
     found = await s.db(namespaces_overview, config.models_file)
-    return web_app.render(request, "namespaces.html", namespaces=found)
+    return view.render(request, "namespaces.html", namespaces=found)
 
 
 def namespaces_overview(conn: Connection, models_file: Any) -> list[dict[str, Any]]:
@@ -99,7 +105,7 @@ async def login_page(request: web.Request) -> web.StreamResponse:
 
 def login_form(request: web.Request, error: str | None = None, status: int = 200) -> web.Response:
     token = secrets.token_urlsafe(32)
-    response = web_app.render(request, "login.html", status=status, error=error, login_csrf=token)
+    response = view.render(request, "login.html", status=status, error=error, login_csrf=token)
     auth.set_cookie(response, auth.LOGIN_COOKIE, token)
     return response
 
@@ -114,6 +120,7 @@ class RowQuery:
     model: str | None
     since: datetime | None
     after: int | None
+    flag: str | None = None  # a reason of capture/flags.py
 
     @classmethod
     def parse(cls, query: Any) -> RowQuery:
@@ -125,6 +132,9 @@ class RowQuery:
             raise InvalidInput(f"tag {tag!r}: use KEY=VALUE")
         since = query.get("since") or None
         after = query.get("after") or None
+        flag = query.get("flag") or None
+        if flag is not None and flag not in auto_flags.REASONS:
+            raise InvalidInput(f"flag {flag!r}: use one of {', '.join(auto_flags.REASONS)}")
         if any("\x00" in str(v) for v in query.values()):
             raise InvalidInput("a filter holds a NUL character")
         if after is not None and not (after.isdigit() and 0 < int(after) <= ROW_ID_MAX):
@@ -137,17 +147,24 @@ class RowQuery:
                 model=query.get("model") or None,
                 since=datetime.fromisoformat(since) if since else None,
                 after=int(after) if after else None,
+                flag=flag,
             )
         except ValueError as exc:
             raise InvalidInput(f"a filter is not valid: {exc}") from exc
 
     def filters(self) -> list[str]:
         return db.row_filters(
-            state=self.state, search=self.search, tag=self.tag, model=self.model, since=self.since
+            state=self.state,
+            search=self.search,
+            tag=self.tag,
+            model=self.model,
+            since=self.since,
+            flag=self.flag,
         )
 
     def params(self) -> dict[str, Any]:
-        return {"search": self.search, "tag": self.tag, "model": self.model, "since": self.since}
+        given = {"search": self.search, "tag": self.tag, "model": self.model, "since": self.since}
+        return {**given, "flag": self.flag}
 
     def tag_text(self) -> str:
         return "=".join(next(iter(self.tag.items()))) if self.tag else ""
@@ -160,6 +177,7 @@ class RowQuery:
             "tag": self.tag_text() or None,
             "model": self.model,
             "since": self.since.isoformat() if self.since else None,
+            "flag": self.flag,
             **more,
         }
         return urlencode({k: v for k, v in given.items() if v is not None})
@@ -172,7 +190,7 @@ async def rows(request: web.Request) -> web.StreamResponse:
         db.rows_page, ns, q.filters(), q.params(), q.after, PAGE
     )
     more = q.link(after=found[-1]["id"]) if len(found) == PAGE else None
-    return web_app.render(
+    return view.render(
         request,
         "rows.html",
         namespace=ns,
@@ -180,23 +198,53 @@ async def rows(request: web.Request) -> web.StreamResponse:
         count=f"{count}+" if count >= db.COUNT_CAP else str(count),
         q=q,
         states=STATES,
+        reasons=auto_flags.REASONS,
+        meanings=chat.FLAG_MEANINGS,
         next_query=more,
     )
 
 
 async def next_pending(request: web.Request) -> web.StreamResponse:
-    """Claim the next pending row, as review does (two sessions get different rows)."""
+    """Claim the next pending row, as review does (two sessions get different rows), most
+    seen first or, after ``?order=coverage``, as ``review --order coverage`` orders them
+    (the session keeps that order for the namespace until ``?order=seen``)."""
     ns = namespace(request)
     s = session(request)
     skip = s.skipped.setdefault(ns, [])
     if "skip" in request.query and request.query["skip"].isdigit():
         skip.append(int(request.query["skip"]))
         s.flash = f"row {request.query['skip']} skipped"
-    row = await s.call(s.link.claim, ns, skip)
+    order = request.query.get("order")
+    if order not in (None, *ORDERS):
+        raise InvalidInput(f"order {order!r}: use one of {', '.join(ORDERS)}")
+    if order == "seen":
+        s.plans.pop(ns, None)
+    if order == "coverage":
+        s.plans[ns] = await s.db(coverage_plan, ns, commit=True)
+    plan = s.plans.get(ns)
+    pick = functools.partial(by_coverage, namespace=ns, skip=skip, plan=plan) if plan else None
+    row = await s.call(s.link.claim, ns, skip, pick)
     if row is None:
         s.flash = f"{s.flash + '; ' if s.flash else ''}nothing left to review in {ns}"
         raise web.HTTPSeeOther(f"/ns/{ns}/rows?state=pending")
     raise web.HTTPSeeOther(f"/ns/{ns}/rows/{row['id']}")
+
+
+def coverage_plan(conn: Connection, ns: str) -> Plan:
+    """Review's coverage start: rows captured since the last run get a cluster, then the
+    clusters are ranked once (``curate.coverage``, as ``review --order coverage``)."""
+    from curation.curate import coverage  # numpy, datasketch: only for this order
+
+    coverage.update(conn, ns)
+    return coverage.plan(conn, ns)
+
+
+def by_coverage(
+    conn: Connection, *, namespace: str, skip: list[int], plan: Plan
+) -> dict[str, Any] | None:
+    from curation.curate import coverage
+
+    return coverage.next_for_review(conn, namespace, skip, plan)
 
 
 def row_page(conn: Connection, ns: str, row_id: int) -> dict[str, Any]:
@@ -218,7 +266,7 @@ async def row(request: web.Request) -> web.StreamResponse:
     got = await s.db(row_page, ns, row_id)
     r = got["row"]
     editor, must_be_json = chat.editor_text(r)
-    return web_app.render(
+    return view.render(
         request,
         "row.html",
         namespace=ns,
@@ -233,5 +281,6 @@ async def row(request: web.Request) -> web.StreamResponse:
         tags=json.dumps(r.get("tags") or {}, ensure_ascii=False),
         editor=editor,
         must_be_json=must_be_json,
+        flags=chat.flag_list(r.get("flags")),
         **{k: v for k, v in got.items() if k != "row"},
     )

@@ -88,21 +88,22 @@ LEFT JOIN disagreed dis ON dis.cluster_id = m.cluster_id
 GROUP BY m.cluster_id, k.example_row_id
 ORDER BY traffic DESC, size DESC, m.cluster_id
 
--- name: coverage_next_cluster
--- The cluster review takes its next row from: uncovered (no included row) first,
--- then the most traffic; only clusters with a pending row not skipped.
-WITH members AS (
-    SELECT r.cluster_id, c.times_seen, c.included IS NOT NULL AND c.excluded IS NULL AS included,
-           c.included IS NULL AND c.excluded IS NULL AND NOT (c.id = ANY(%(skip)s)) AS open
-    FROM coverage_row r JOIN {table} c ON c.namespace = r.namespace AND c.id = r.row_id
-    WHERE r.namespace = %(namespace)s
-)
-SELECT cluster_id, bool_or(included) AS covered
-FROM members
-GROUP BY cluster_id
-HAVING bool_or(open)
-ORDER BY bool_or(included), sum(times_seen) DESC, cluster_id
-LIMIT 1
+-- name: coverage_review_plan
+-- The clusters with a pending row, with their traffic and whether an included row
+-- covers them: a coverage review ranks them once, at its start.
+SELECT r.cluster_id, sum(c.times_seen) AS traffic,
+       bool_or(c.included IS NOT NULL AND c.excluded IS NULL) AS covered
+FROM coverage_row r JOIN {table} c ON c.namespace = r.namespace AND c.id = r.row_id
+WHERE r.namespace = %(namespace)s
+GROUP BY r.cluster_id
+HAVING bool_or(c.included IS NULL AND c.excluded IS NULL)
+
+-- name: coverage_cluster_covered
+-- Whether a cluster has an included row now (its rows through coverage_row_cluster_idx).
+SELECT EXISTS (
+    SELECT 1 FROM coverage_row r JOIN {table} c ON c.namespace = r.namespace AND c.id = r.row_id
+    WHERE r.cluster_id = %(cluster_id)s AND c.included IS NOT NULL AND c.excluded IS NULL
+) AS covered
 
 -- name: coverage_candidates
 -- A cluster's pending rows (most seen first) or included rows, with signatures.

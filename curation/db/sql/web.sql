@@ -80,3 +80,13 @@ WHERE system_prompt IS NOT NULL AND system_prompt <> ''
 GROUP BY system_prompt
 ORDER BY sum(times_seen) DESC, count(*) DESC
 LIMIT 1
+
+-- name: web_search
+-- The search box: the text in the prompt or in the answer in force (curate.sql's
+-- list_rows ``answer``). This expression is revision 0010's answer_trgm index's,
+-- character for character: the planner matches them, so a rare term is two
+-- trigram index lookups (0006's prompt_trgm and 0010's answer_trgm), OR-ed.
+AND (user_prompt::text ILIKE '%%' || %(search)s || '%%'
+     OR coalesce(corrected_response->>'content', response->'choices'->0->'message'->>'content',
+                 (response->'choices'->0->'message'->'tool_calls')::text,
+                 curation_response_text(response)) ILIKE '%%' || %(search)s || '%%')
