@@ -7,7 +7,7 @@ ifneq ($(wildcard $(SHARED_TT)),)
 export TIKTOKEN_CACHE_DIR ?= $(SHARED_TT)
 endif
 
-.PHONY: install run test coverage lint bench bench-proxy bench-export bench-curate bench-coverage bench-train clean
+.PHONY: install run test coverage lint bench bench-proxy bench-export bench-curate bench-coverage bench-shadow bench-train clean
 
 install: $(VENV)/.installed
 
@@ -47,7 +47,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: bench-proxy bench-export bench-curate bench-coverage
+bench: bench-proxy bench-export bench-curate bench-coverage bench-shadow
 
 bench-proxy: install
 	$(BIN)/python bench/proxy.py
@@ -64,6 +64,11 @@ bench-curate: install
 ## 100,000, and incremental assignment in rows/s (`bench/coverage.py --sizes N --db-rows N`).
 bench-coverage: install
 	$(BIN)/python bench/coverage.py
+
+## What shadow traffic costs the client: latency with shadow 0% vs 100%, side by side with
+## their ratio (`bench/shadow.py --calls N --rounds N`).
+bench-shadow: install
+	$(BIN)/python bench/shadow.py
 
 ## The local LoRA trainer on this machine (needs the train extra; see bench/train.py for a GPU run).
 bench-train: install

@@ -110,13 +110,11 @@ def main() -> None:
             compared = conn.execute("SELECT count(*) FROM shadow_comparison").fetchone()
         finally:
             proxy.stop()
-    for percent, values in seen.items():
-        print(
-            f"shadow {percent:3d}%: {len(values)} calls, client latency"
-            f" p50 {percentile(values, 50) * 1000:.1f} ms"
-            f" p90 {percentile(values, 90) * 1000:.1f} ms"
-            f" p99 {percentile(values, 99) * 1000:.1f} ms"
-        )
+    print(f"client latency, {len(seen[0])} calls each: shadow 0% vs 100% (ratio = 100% / 0%)")
+    print(f"{'':>4} {'0%':>9} {'100%':>9} {'ratio':>6}")
+    for p in (50, 90, 99):
+        off, on = percentile(seen[0], p) * 1000, percentile(seen[100], p) * 1000
+        print(f"p{p:<3} {off:6.1f} ms {on:6.1f} ms {on / off:6.2f}")
     print(f"comparisons stored: {compared[0] if compared else 0}")
 
 

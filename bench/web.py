@@ -28,9 +28,9 @@ TARGET_MS = 100.0
 
 EXTRAS = f"""
 UPDATE {NS}_openai_chat_completion
-SET tags = jsonb_build_object('team', CASE WHEN id %% 10000 = 1 THEN 'rare' ELSE 't' || id %% 10 END),
-    flags = CASE WHEN id %% 1000 = 2 THEN '{{truncated}}'::text[] ELSE '{{}}' END,
-    corrected_response = CASE WHEN id %% 20000 = 5 THEN '{{"role": "assistant", "content": "Lugdunum"}}'
+SET tags = jsonb_build_object('team', CASE WHEN id % 10000 = 1 THEN 'rare' ELSE 't' || id % 10 END),
+    flags = CASE WHEN id % 1000 = 2 THEN '{{truncated}}'::text[] ELSE '{{}}' END,
+    corrected_response = CASE WHEN id % 20000 = 5 THEN '{{"role": "assistant", "content": "Lugdunum"}}'
                               ELSE corrected_response END;
 VACUUM ANALYZE {NS}_openai_chat_completion
 """
@@ -39,7 +39,7 @@ ANSWER_INDEX = f"""
 SELECT replace(pg_get_indexdef(i.inhrelid), c.relname, 'bench_answer_trgm_idx') AS ddl
 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
 WHERE i.inhparent = 'openai_chat_completion_answer_trgm_idx'::regclass
-  AND c.relname LIKE '{NS}\\_%%'
+  AND c.relname LIKE '{NS}\\_%'
 """
 
 

@@ -70,3 +70,4 @@ class Busy(Conflict):
 
 
 NOTHING_NEW = 10  # exit code of `retrain` when the dataset equals the last job's
+PII_REFUSED = 14  # exit code of an export (or retrain) that --pii refuse stopped

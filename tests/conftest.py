@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -48,6 +49,31 @@ def empty_db_url(pg_server: str) -> Iterator[str]:
 def conn(db_url: str) -> Iterator[psycopg.Connection[dict[str, object]]]:
     with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as c:
         yield c
+
+
+LOGIN_PASSWORD = "correct horse battery staple"  # make_login's logins sign in with it
+
+
+@pytest.fixture
+def make_login(pg_server: str, db_url: str) -> Iterator[Callable[..., str]]:
+    """Real PostgreSQL logins with LOGIN_PASSWORD, in curation_curator unless
+    ``curator=False``; roles are cluster-wide, so names are unique and dropped after."""
+    made: list[str] = []
+
+    def make(prefix: str = "login", curator: bool = True) -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+        grant = " IN ROLE curation_curator" if curator else ""
+        with pg.admin(pg_server) as c:
+            c.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{LOGIN_PASSWORD}'{grant}")
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        with psycopg.connect(db_url, autocommit=True) as c:
+            c.execute(f"DROP OWNED BY {name}")
+        with pg.admin(pg_server) as c:
+            c.execute(f"DROP ROLE {name}")
 
 
 EMBEDDED_STARTED = pytest.StashKey[Path]()

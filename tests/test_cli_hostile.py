@@ -88,6 +88,10 @@ CASES = [
     case("--log-level", "BOGUS", "proxy", spawn=True),
     case("proxy", "--workers", "0", spawn=True),
     case("proxy", "--workers", "2", "--listen", "127.0.0.1:0", spawn=True),
+    case("proxy", "--background-concurrency", "0", spawn=True),
+    case("proxy", "--background-timeout", "forever", spawn=True),
+    case("proxy", "--rollout-interval", "-1", spawn=True),
+    case("proxy", "--no-rollout-decider", "--rollout-interval", BIG, spawn=True),
     case("web", "--listen", "nowhere", spawn=True),
     case("web", "--listen", "127.0.0.1:99999", spawn=True),
     case("web", "--listen", "192.0.2.1:0", spawn=True),  # an address this machine lacks
@@ -153,6 +157,11 @@ CASES = [
     case("retrain", "p", "--model", MODEL, "--backend", "nope"),
     case("retrain", "p", "--model", MODEL),  # no training prompt: refused
     case("retrain", "p", "--model", MODEL, "--no-system-prompt"),  # one row: too few
+    case("retrain", "p", "--model", MODEL, "--no-system-prompt", "--pii", "sideways"),
+    case("retrain", "p", "--model", MODEL, "--no-system-prompt", "--pii-region", "Narnia"),
+    case("finetune", "submit", "p", "--model", MODEL, "--pii", "sideways"),
+    case("finetune", "submit", "p", "--model", MODEL, "--pii", "refuse", "--pii-region", "x"),
+    case("accept", "p", BIG, "--accept-flags"),
     case("eval", "p", "--model", "x", "--rows", BIG),
     case("eval", "p", "--model", "x", "--rows", "a,b"),
     case("eval", "p", "--model", "x", "--rows", "all-included", "--compare", "/nonexistent/cmd"),

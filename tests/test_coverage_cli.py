@@ -194,6 +194,33 @@ def test_export_dedupe_near_keeps_one_of_each_group(
     assert plain_export["counts"]["examples"] == 6
 
 
+def test_dedupe_near_chooses_among_the_rows_that_will_be_written(
+    db_url: str, conn_ac: Conn, tmp_path: Path
+) -> None:
+    """A flagged row the export skips never wins its group: the twin it would have
+    dropped is written instead, and nothing is listed as dropped for it."""
+    plain = add_row(conn_ac, NS, "What is the capital of France?")
+    cut = add_row(conn_ac, NS, "what is the capital of france")  # most seen, corrected...
+    conn_ac.execute(
+        f"UPDATE {TABLE} SET times_seen = 9, flags = '{{truncated}}',"
+        ' corrected_response = \'{"role": "assistant", "content": "Paris"}\''
+        " WHERE id = %s",
+        [cut],
+    )  # ...but flagged, its flags unaccepted: export skips it
+    manifest = run_json(
+        db_url, "export", NS, "--out", str(tmp_path / "d"), "--model", MODEL, "--dedupe", "near"
+    )
+    assert manifest["near_duplicates"] == []
+    assert manifest["skipped"] == [{"id": cut, "reason": "flagged: truncated"}]
+    written = json.loads((tmp_path / "d" / "manifest.json").read_text())["rows"]
+    assert written["train"]["ids"] + written["validation"]["ids"] == [plain]
+    run(db_url, "include", NS, str(cut), "--accept-flags")  # now both are written: one kept
+    manifest = run_json(
+        db_url, "export", NS, "--out", str(tmp_path / "e"), "--model", MODEL, "--dedupe", "near"
+    )
+    assert manifest["near_duplicates"] == [{"id": plain, "kept": cut}]
+
+
 def test_new_rows_join_existing_clusters(db_url: str, conn_ac: Conn) -> None:
     truth = fill(conn_ac, n=80, groups=4)
     run_json(db_url, "coverage", NS)
@@ -268,8 +295,7 @@ def curator_url(pg_server: str, db_url: str) -> Iterator[str]:
 
 
 def test_a_curator_can_cluster_and_review(conn_ac: Conn, curator_url: str) -> None:
-    """As a curation_curator login (through the library: the CLI's schema check reads
-    alembic_version, which curators cannot)."""
+    """As a curation_curator login, through the library (test_flags: through the CLI)."""
     truth = fill(conn_ac, n=30, groups=2)
     with psycopg.connect(curator_url, autocommit=True, row_factory=psycopg.rows.dict_row) as c:
         coverage.update(c, NS)
@@ -280,3 +306,19 @@ def test_a_curator_can_cluster_and_review(conn_ac: Conn, curator_url: str) -> No
         with c.transaction():
             assert coverage.next_for_review(c, NS, [], plan) is not None
         assert coverage.update(c, NS, recluster=True).assigned == len(truth) + 10
+
+
+def test_the_plan_leaves_out_decided_clusters(db_url: str, conn_ac: Conn) -> None:
+    """The plan reads only the decided rows: a cluster decided through is left out, one
+    with an included row is covered, the rest are ranked by their stored traffic."""
+    fill(conn_ac, n=60, groups=3)
+    run_json(db_url, "coverage", NS)
+    members: dict[int, list[int]] = {}
+    for row, cluster in clusters(conn_ac).items():
+        members.setdefault(cluster, []).append(row)
+    done, covered, open_ = sorted(members)
+    conn_ac.execute(f"UPDATE {TABLE} SET excluded = now() WHERE id = ANY(%s)", [members[done]])
+    conn_ac.execute(f"UPDATE {TABLE} SET included = now() WHERE id = %s", [members[covered][0]])
+    ranked = coverage.plan(conn_ac, NS).order
+    traffic = {c: sum(seen(conn_ac)[r] for r in rows) for c, rows in members.items()}
+    assert ranked == [[0, -traffic[open_], open_], [1, -traffic[covered], covered]]

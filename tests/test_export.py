@@ -332,10 +332,10 @@ def test_missing_tiktoken_files_is_one_line(db_url: str, conn: Conn, tmp_path: P
 def test_parallel_export_writes_the_same_files(
     db_url: str, conn: Conn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from curation.export import run as export_run
+    from curation.export import chunks as export_chunks
 
-    monkeypatch.setattr(export_run, "INLINE_ROWS", 10)
-    monkeypatch.setattr(export_run, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(export_chunks, "INLINE_ROWS", 10)
+    monkeypatch.setattr(export_chunks, "CHUNK_ROWS", 7)
     for i in range(60):
         add_row(conn, "locations", f"prompt {i}", "" if i % 17 == 0 else f"answer {i}")
     with connection(db_url) as c:

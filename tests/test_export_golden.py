@@ -18,8 +18,8 @@ import tiktoken
 
 from curation.db import queries
 from curation.db.connect import connection
+from curation.export import chunks as export_chunks
 from curation.export import examples, models, split, tokens, validate
-from curation.export import run as export_run
 from curation.export.run import ExportRequest, export
 from tests.factories import LONG_PROMPT
 
@@ -239,8 +239,8 @@ def test_export_writes_what_the_plain_builder_writes(
     fmt: str,
     workers: int,
 ) -> None:
-    monkeypatch.setattr(export_run, "INLINE_ROWS", 50)  # chunks inline, then in worker processes
-    monkeypatch.setattr(export_run, "CHUNK_ROWS", 37)
+    monkeypatch.setattr(export_chunks, "INLINE_ROWS", 50)  # chunks inline, then in worker processes
+    monkeypatch.setattr(export_chunks, "CHUNK_ROWS", 37)
     fill(conn, 400)
     info = tokens.prepare(models.lookup(model))
     req = ExportRequest(

@@ -4,6 +4,11 @@ flags set on record through the real proxy; list, stats, include and export hono
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +18,10 @@ import psycopg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from curation.capture.flags import REASONS, flags, for_row
+from tests import pg
 from tests.cli import run, run_json
 from tests.factories import add_row
 from tests.fake_openai import FakeOpenAI
@@ -375,3 +382,111 @@ def test_backfill_walks_in_batches(db_url: str, conn: Conn) -> None:
     assert batches == [2, 2, 1] and done == {
         "rows": 5, "truncated": 1, "refusal": 1, "invalid_json": 1
     }  # fmt: skip
+
+
+def test_accepting_a_proposal_on_a_flagged_row_needs_its_flags_accepted(
+    db_url: str, conn: Conn
+) -> None:
+    """`accept` includes the row, so it asks for --accept-flags as `include` does."""
+    ids = flagged_rows(conn)
+    run_json(db_url, "flags", "locations", "--backfill")
+    proposal = json.dumps({"role": "assistant", "content": "Paris."})
+    conn.execute(
+        "UPDATE locations_openai_chat_completion SET included = NULL, proposed_response = %s,"
+        " proposed_by = 'teacher', proposed_at = now() WHERE id = ANY(%s)",
+        [proposal, [ids["cut"], ids["ok 1"]]],
+    )
+    refused = run(db_url, "accept", "locations", str(ids["ok 1"]), str(ids["cut"]))
+    assert refused.exit_code != 0
+    [line] = refused.stderr.strip().splitlines()
+    assert "truncated" in line and "--accept-flags" in line
+    assert run_json(db_url, "show", "locations", str(ids["ok 1"]))["state"] == "pending"
+
+    done = run(db_url, "accept", "locations", str(ids["cut"]), "--accept-flags", "--curator", "ann")
+    assert done.exit_code == 0, done.output
+    shown = run_json(db_url, "show", "locations", str(ids["cut"]))
+    assert shown["state"] == "included" and shown["flags_accepted_by"] == "ann"
+    clean = run(db_url, "accept", "locations", str(ids["ok 1"]))  # no flags: nothing to accept
+    assert clean.exit_code == 0, clean.output
+    assert run_json(db_url, "show", "locations", str(ids["ok 1"]))["flags_accepted_by"] is None
+
+
+@pytest.fixture
+def curator_url(pg_server: str, db_url: str) -> Iterator[str]:
+    """db_url as a login granted only curation_curator (roles are cluster-wide: unique)."""
+    name = f"curator_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg.with_dbname(pg_server, "postgres"), autocommit=True) as c:
+        c.execute(f"CREATE ROLE {name} LOGIN IN ROLE curation_curator")
+    yield make_conninfo(**{**conninfo_to_dict(db_url), "user": name})  # type: ignore[arg-type]
+    with psycopg.connect(db_url, autocommit=True) as d:
+        d.execute(f"DROP OWNED BY {name}")
+    with psycopg.connect(pg.with_dbname(pg_server, "postgres"), autocommit=True) as c:
+        c.execute(f"DROP ROLE {name}")
+
+
+def curation(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`curation ARGS` in its own process, the database given as DATABASE_URL."""
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    return subprocess.run(
+        [sys.executable, "-m", "curation", *args],
+        env={**env, "DATABASE_URL": url, "CURATION_CURATOR": "cara"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_curator_login_uses_the_cli(conn: Conn, curator_url: str) -> None:
+    """A login that is only curation_curator lists, shows, includes, accepts and clusters (the schema
+    check reads alembic_version: 0012 grants it), flagged rows included."""
+    ids = flagged_rows(conn)
+    conn.execute(
+        "UPDATE locations_openai_chat_completion SET included = NULL, flags = %s WHERE id = %s",
+        [["truncated"], ids["cut"]],
+    )
+    listed = curation(curator_url, "list", "locations", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert {r["id"] for r in json.loads(listed.stdout)} == set(ids.values())
+    shown = curation(curator_url, "show", "locations", str(ids["cut"]))
+    assert shown.returncode == 0 and "flags: truncated" in shown.stdout, shown.stderr
+    done = curation(curator_url, "include", "locations", str(ids["cut"]), "--accept-flags")
+    assert done.returncode == 0, done.stderr
+    row = conn.execute(
+        "SELECT included IS NOT NULL AS inc, flags_accepted_by"
+        " FROM locations_openai_chat_completion WHERE id = %s",
+        [ids["cut"]],
+    ).fetchone()
+    assert row is not None and row["inc"]
+    assert row["flags_accepted_by"] == "cara"
+    conn.execute(
+        "UPDATE locations_openai_chat_completion SET included = NULL, proposed_response = %s,"
+        " proposed_by = 'teacher', proposed_at = now() WHERE id = %s",
+        [json.dumps({"role": "assistant", "content": "Paris."}), ids["ok 1"]],
+    )
+    accepted = curation(curator_url, "accept", "locations", str(ids["ok 1"]))
+    assert accepted.returncode == 0, accepted.stderr
+    covered = curation(curator_url, "coverage", "locations", "--json")
+    assert covered.returncode == 0, covered.stderr
+    assert sum(c["size"] for c in json.loads(covered.stdout)["clusters"]) == len(ids)
+
+
+def test_reviews_accept_key_accepts_the_flags_on_screen(db_url: str, conn: Conn) -> None:
+    import pexpect
+
+    from tests.cli import spawn
+
+    row = add_row(conn, "locations", "cut", included=False)
+    conn.execute(
+        "UPDATE locations_openai_chat_completion SET flags = '{truncated}', proposed_response = %s,"
+        " proposed_by = 'teacher', proposed_at = now() WHERE id = %s",
+        [json.dumps({"role": "assistant", "content": "Paris."}), row],
+    )
+    child = spawn(db_url, "review", "locations", "--curator", "rev", timeout=30)
+    child.expect_exact("flags: truncated")
+    child.expect(r"\[q\]uit\? ")
+    child.send("a")
+    child.expect_exact(f"row {row} included with the proposal accepted")
+    child.expect(pexpect.EOF)
+    shown = run_json(db_url, "show", "locations", str(row))
+    assert shown["state"] == "included" and shown["flags_accepted_by"] == "rev"

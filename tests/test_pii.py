@@ -12,9 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from curation.errors import PII_REFUSED
 from curation.export import pii
 from tests.cli import run, run_json
 from tests.factories import add_row
+from tests.fake_openai import FakeOpenAI
 
 Conn = psycopg.Connection[dict[str, object]]
 EMAIL = "jane.roe@example.org"
@@ -190,7 +192,7 @@ def test_export_refuse_writes_nothing(db_url: str, conn: Conn, tmp_path: Path) -
     rows(conn)
     out = tmp_path / "out"
     result = export(db_url, out, "--pii", "refuse")
-    assert result.exit_code != 0
+    assert result.exit_code == PII_REFUSED
     [line] = result.stderr.strip().splitlines()
     assert "personal data in 2 rows" in line and "--pii redact" in line
     assert EMAIL not in result.output
@@ -204,3 +206,51 @@ def test_export_refuse_passes_clean_rows(db_url: str, conn: Conn, tmp_path: Path
     result = export(db_url, tmp_path, "--pii", "refuse")
     assert result.exit_code == 0, result.output
     assert "pii (refuse): none found" in result.stdout
+
+
+def jobs_env(fake_openai: FakeOpenAI, tmp_path: Path) -> dict[str, str]:
+    return {
+        "OPENAI_API_KEY": "sk-test-pii",
+        "OPENAI_BASE_URL": f"{fake_openai.url}/v1",  # type: ignore[attr-defined]
+        "CURATION_DATA_DIR": str(tmp_path / "data"),
+    }
+
+
+def training_rows(conn: Conn) -> None:
+    """Twelve rows, enough to submit; one carries an address and a key."""
+    for i in range(11):
+        add_row(conn, "locations", f"I was born in town {i}", f'["town {i}"]')
+    add_row(conn, "locations", f"Mail {EMAIL} the key {KEY}", '["nowhere"]')
+    conn.execute("UPDATE namespace SET training_system_prompt = 'List the places.'")
+
+
+def test_retrain_pii_refuse_is_its_own_exit_code(
+    db_url: str, conn: Conn, tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    """cron tells a refusal (14) from a failure: one line, nothing uploaded or recorded."""
+    training_rows(conn)
+    env = jobs_env(fake_openai, tmp_path)
+    args = ("retrain", "locations", "--model", "gpt-4o-mini-2024-07-18", "--pii", "refuse")
+    result = run(db_url, *args, env=env)
+    assert result.exit_code == PII_REFUSED == 14, result.output
+    [line] = result.stderr.strip().splitlines()
+    assert "personal data in 1 rows" in line and EMAIL not in line
+    assert fake_openai.files == {} and fake_openai.jobs == {}
+    with psycopg.connect(db_url) as c:
+        assert c.execute("SELECT count(*) FROM dataset").fetchone() == (0,)
+    assert run(db_url, *args[:-2], env=env).exit_code == 0  # report, the default, submits
+
+
+@pytest.mark.parametrize("command", [("finetune", "submit"), ("retrain",)])
+def test_submit_and_retrain_redact_upload_no_value(
+    db_url: str, conn: Conn, tmp_path: Path, fake_openai: FakeOpenAI, command: tuple[str, ...]
+) -> None:
+    training_rows(conn)
+    env = jobs_env(fake_openai, tmp_path)
+    model = "gpt-4o-mini-2024-07-18"
+    result = run(db_url, *command, "locations", "--model", model, "--pii", "redact", env=env)
+    assert result.exit_code == 0, result.output
+    uploaded = b"".join(f["_content"] for f in fake_openai.files.values())
+    assert b"<EMAIL_1>" in uploaded and b"<SECRET_1>" in uploaded
+    assert EMAIL.encode() not in uploaded and KEY.encode() not in uploaded
+    assert len(fake_openai.jobs) == 1

@@ -310,6 +310,14 @@ def corrected_and_proposed_rows_are_indexed(c: Conn, level: str) -> None:
         [TABLE],
     ).fetchall()
     assert len(found) == 2, level
+    # and the search in answers, the model and tag filters (answers: where pg_trgm is)
+    defs = [
+        str(r["indexdef"])
+        for r in c.execute("SELECT indexdef FROM pg_indexes WHERE tablename = %s", [TABLE])
+    ]
+    assert any("(model, id)" in d for d in defs), level
+    assert any("gin (tags jsonb_path_ops)" in d for d in defs), level
+    assert any("gin (COALESCE((corrected_response" in d for d in defs), level
 
 
 def disagreements_are_viewed(c: Conn, level: str) -> None:
@@ -340,10 +348,11 @@ def flagged_rows_are_indexed_and_acceptable(c: Conn, level: str) -> None:
     granted = one(
         c,
         "SELECT has_column_privilege('curation_curator', %s, 'flags_accepted_at', 'UPDATE') AS a,"
-        " has_column_privilege('curation_curator', %s, 'flags', 'UPDATE') AS f",
+        " has_column_privilege('curation_curator', %s, 'flags', 'UPDATE') AS f,"
+        " has_table_privilege('curation_curator', 'alembic_version', 'SELECT') AS v",
         [TABLE, TABLE],
     )
-    assert granted == {"a": True, "f": False}, level
+    assert granted == {"a": True, "f": False, "v": True}, level  # v: the CLI's schema check
 
 
 # What each revision defines on the completions table (and so on every partition), and

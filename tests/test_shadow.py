@@ -7,23 +7,28 @@ import asyncio
 import contextlib
 import json
 import socket
+import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import orjson
 import psycopg
 import pytest
+from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 from openai import OpenAI
 
 from curation.db.shadow import Comparison, ShadowStore
 from curation.evaluate import compare, live
+from tests.background import BackgroundApp
 from tests.factories import LONG_PROMPT
 from tests.fake_openai import FakeOpenAI, Running
 from tests.harness import ProxyProcess, free_port, query, wait_for
+from tests.test_proxy_faults import scripted
 
 STUDENT = "locations-student"
 BASE = "gpt-4o-2024-08-06"
@@ -357,6 +362,132 @@ def test_shutdown_does_not_wait_for_background_calls(
     assert time.monotonic() - started < 4
 
 
+def respond(proxy: ProxyProcess, text: str, stream: bool = False) -> tuple[str, str, str]:
+    """A Responses API call: (the call id the client got, the answer's model, its text)."""
+    api = client(proxy).responses.with_raw_response
+    raw = api.create(model=BASE, instructions=LONG_PROMPT, input=text, stream=stream)
+    if not stream:
+        reply = raw.parse()
+        return raw.headers["X-Curation-Id"], reply.model, reply.output_text
+    events = list(raw.parse())
+    done = next(e.response for e in events if e.type == "response.completed")
+    return raw.headers["X-Curation-Id"], done.model, done.output_text
+
+
+def test_responses_calls_are_shadowed_and_watched(
+    db_url: str,
+    conn: Conn,
+    fake_openai: FakeOpenAI,
+    student_api: Running,
+    start_proxy: Callable[..., ProxyProcess],
+) -> None:
+    serve(conn, f"{student_api.url}/v1")
+    proxy = start_proxy(STUDENT_KEY=KEY)
+    warm_up(db_url, proxy)
+
+    call_id, model, text = respond(proxy, "I live in Lyon")
+    assert (model, text) == (BASE, "Answer to: I live in Lyon")
+    row = comparison(db_url, call_id)
+    assert row["kind"] == "shadow" and row["agreed"] is True and row["error"] is None
+    assert row["student_answer"] == {"role": "assistant", "content": text}
+    assert row["teacher_prompt_tokens"] > 0 and row["student_completion_tokens"] > 0  # usage
+    asked = [s for s in student_api.fake.seen if b"I live in Lyon" in s.body]
+    assert [s.path for s in asked] == ["/v1/responses"]
+    body = json.loads(asked[0].body)
+    assert body["model"] == STUDENT and body["instructions"] == SHORT
+    assert body["stream"] is False and body["store"] is False
+
+    student_api.fake.answers[STUDENT] = lambda request: "Somewhere else"
+    call_id, _, _ = respond(proxy, "I live in Nice", stream=True)
+    row = comparison(db_url, call_id)
+    assert row["agreed"] is False and row["error"] is None
+    assert row["teacher_answer"]["content"] == "Answer to: I live in Nice"  # reassembled
+    assert row["student_answer"]["content"] == "Somewhere else"
+
+    conn.execute(
+        "UPDATE namespace SET serve_percent = 100, serve_watch_percent = 100,"
+        " serve_shadow_percent = 0 WHERE name = 'locations'"
+    )
+    wait_for(lambda: respond(proxy, "warm up")[1] == STUDENT, timeout=15, interval=0.3)
+    call_id, model, text = respond(proxy, "I live in Paris", stream=True)
+    assert (model, text) == (STUDENT, "Somewhere else")
+    row = comparison(db_url, call_id)
+    assert row["kind"] == "watch" and row["agreed"] is False
+    assert row["teacher_answer"]["content"] == "Answer to: I live in Paris"
+    to_teacher = [s for s in fake_openai.seen if b"I live in Paris" in s.body]
+    assert [s.path for s in to_teacher] == ["/v1/responses"]
+    assert json.loads(to_teacher[0].body)["instructions"] == LONG_PROMPT  # the client's call
+    assert to_teacher[0].headers["Authorization"] == "Bearer sk-client-key"
+
+
+def test_shutdown_kills_a_slow_command_comparator(
+    db_url: str,
+    conn: Conn,
+    fake_openai: FakeOpenAI,
+    student_api: Running,
+    start_proxy: Callable[..., ProxyProcess],
+) -> None:
+    marker = "sleep 30.4321"  # a comparator that never answers in time
+    serve(conn, f"{student_api.url}/v1", compare=marker)
+    proxy = start_proxy(STUDENT_KEY=KEY)
+
+    def comparing() -> bool:
+        ask(proxy, "I live in Lyon")
+        time.sleep(0.3)
+        return marker in running_commands()
+
+    wait_for(comparing, timeout=20, interval=0.2)
+    started = time.monotonic()
+    assert proxy.stop() == 0
+    assert time.monotonic() - started < 5
+    assert marker not in running_commands()  # its process group was killed, not orphaned
+
+
+def running_commands() -> str:
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
+    return out.stdout
+
+
+def test_a_plain_answer_the_upstream_served_student_never_finishes_is_a_student_failure(
+    db_url: str, conn: Conn, start_proxy: Callable[..., ProxyProcess]
+) -> None:
+    app = BackgroundApp(faults_upstream)
+    upstream = app.start()
+    try:
+        serve(conn, None, serve_percent=100, serve_shadow_percent=0)
+        proxy = start_proxy(upstream=upstream, CURATION_UPSTREAM_READ_TIMEOUT="0.5")
+        wait_for(
+            lambda: post(proxy, "warm up").status_code == 200 and tallies(db_url)["student_calls"]
+        )
+        before = tallies(db_url)
+        assert post(proxy, "stalled", "stall").status_code == 504
+        assert post(proxy, "cut short", "cut").status_code == 502
+        counts = wait_for(
+            lambda: (
+                (t := tallies(db_url))["student_failures"] >= before["student_failures"] + 2 and t
+            ),
+            timeout=10,
+        )
+        assert counts["student_failures"] == before["student_failures"] + 2
+    finally:
+        app.stop()
+
+
+def faults_upstream() -> web.Application:
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", scripted)
+    return app
+
+
+def post(proxy: ProxyProcess, text: str, script: str = "") -> httpx.Response:
+    return httpx.post(
+        f"{proxy.url}/ns/locations/v1/chat/completions",
+        json={"model": BASE, "messages": [*MESSAGES, {"role": "user", "content": text}]},
+        headers={"Authorization": "Bearer sk-client-key", "X-Script": script},
+        timeout=20,
+    )
+
+
 # -- the parts alone -------------------------------------------------------------
 
 
@@ -423,6 +554,49 @@ def test_a_background_call_is_one_json_answer() -> None:
     assert live.background_body(b"[1]") is None and live.background_body(b"{", STUDENT) is None
 
 
+def test_a_responses_answer_compares_by_its_output_text_and_function_calls() -> None:
+    said = {
+        "object": "response",
+        "model": BASE,
+        "status": "completed",
+        "output": [
+            {"type": "reasoning", "summary": []},
+            {
+                "type": "message",
+                "role": "assistant",
+                "content": [
+                    {"type": "output_text", "text": "Ly", "annotations": []},
+                    {"type": "output_text", "text": "on", "annotations": []},
+                ],
+            },
+        ],
+        "usage": {"input_tokens": 30, "output_tokens": 2},
+    }
+    answer = live.answer_of(orjson.dumps(said), api="responses")
+    assert answer.message == {"role": "assistant", "content": "Lyon"}
+    assert (answer.model, answer.prompt_tokens, answer.completion_tokens) == (BASE, 30, 2)
+    call = {"type": "function_call", "call_id": "c1", "name": "find", "arguments": '{"q":1}'}
+    spaced = {**call, "call_id": "c2", "arguments": '{ "q": 1 }'}
+    teacher = live.answer_of(orjson.dumps({**said, "output": [call]}), api="responses")
+    student = live.answer_of(orjson.dumps({**said, "output": [spaced]}), api="responses")
+    assert live.agree(compare.exact, teacher, student)
+    with pytest.raises(live.NoAnswer):
+        live.answer_of(orjson.dumps({**said, "status": "incomplete"}), api="responses")
+    with pytest.raises(live.NoAnswer):  # a chat completion is no Response
+        live.answer_of(completion({"content": "x"}), api="responses")
+
+    body = orjson.dumps({"model": BASE, "instructions": "long", "input": "hi", "stream": True})
+    sent = orjson.loads(live.background_body(body, STUDENT, SHORT, api="responses") or b"")
+    assert sent == {
+        "model": STUDENT,
+        "instructions": SHORT,
+        "input": "hi",
+        "stream": False,
+        "store": False,
+    }
+    assert live.background_body(b'{"model": "m"}', api="responses") is None
+
+
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=5),
     lambda inner: (
@@ -432,15 +606,22 @@ JSON = st.recursive(
 )
 
 
-@given(JSON, st.booleans())
-def test_reading_an_answer_is_total(value: Any, streamed: bool) -> None:
+@given(JSON, st.booleans(), st.sampled_from(["chat.completions", "responses"]))
+def test_reading_an_answer_is_total(value: Any, streamed: bool, api: str) -> None:
     body = (
         b"data: " + json.dumps(value).encode() + b"\n\ndata: [DONE]\n\n"
         if streamed
         else json.dumps(value).encode()
     )
+    if api == "responses" and isinstance(value, dict):  # a Response as much as it can be
+        value = {"output": value.get("output", [value]), **value}
+        body = json.dumps(value).encode()
+        if streamed:
+            body = (
+                b"data: " + json.dumps({"type": "response.completed", "response": value}).encode()
+            )
     try:
-        answer = live.answer_of(body, streamed)
+        answer = live.answer_of(body, streamed, api=api)
     except live.NoAnswer:
         return
     with contextlib.suppress(live.NoAnswer):

@@ -22,16 +22,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from curation.capture import flags
 from curation.db import queries
 from curation.db import web as db_web
 from curation.errors import InvalidInput
 from curation.web import chat, pages
-from tests import pg
+from tests.conftest import LOGIN_PASSWORD
 from tests.factories import add_row
 from tests.harness import ROOT, query
 
 NS = "p"
-PASSWORD = "S3cretPW"  # never shown back, never logged
+PASSWORD = LOGIN_PASSWORD  # never shown back, never logged
 CLI = (sys.executable, "-m", "curation")
 HOSTILE = '<script>alert(1)</script><img src=x onerror="alert(2)">'
 
@@ -141,27 +142,6 @@ def rows(conn: psycopg.Connection[Any]) -> Callable[..., int]:
         return add_row(conn, NS, prompt, answer, **{"included": False, **kw})
 
     return add
-
-
-@pytest.fixture
-def make_login(pg_server: str, db_url: str) -> Iterator[Callable[[bool], str]]:
-    """Real logins, with or without curation_curator (roles are cluster-wide: unique names)."""
-    made: list[str] = []
-
-    def make(curator: bool) -> str:
-        name = f"web_{uuid.uuid4().hex[:10]}"
-        grant = " IN ROLE curation_curator" if curator else ""
-        with pg.admin(pg_server) as c:
-            c.execute(f"CREATE ROLE {name} LOGIN{grant}")
-        made.append(name)
-        return name
-
-    yield make
-    for name in made:
-        with psycopg.connect(db_url, autocommit=True) as c:
-            c.execute(f"DROP OWNED BY {name}")
-        with pg.admin(pg_server) as c:
-            c.execute(f"DROP ROLE {name}")
 
 
 def sign_in_as(web: Server, login: str) -> tuple[Browser, Response]:
@@ -275,10 +255,10 @@ def test_a_connection_the_server_closed_is_opened_again(
 
 
 def test_a_postgres_login_works_as_that_login(
-    web: Server, rows: Callable[..., int], db_url: str, make_login: Callable[[bool], str]
+    web: Server, rows: Callable[..., int], db_url: str, make_login: Callable[..., str]
 ) -> None:
     row = rows("where is Paris?")
-    login = make_login(True)
+    login = make_login("web")
     b, r = sign_in_as(web, login)
     assert (r.status, r.location) == (303, "/")
     assert b.get("/").text_of("curator") == login
@@ -292,10 +272,10 @@ def test_a_postgres_login_works_as_that_login(
 
 
 def test_a_login_without_grants_or_a_wrong_login_gets_a_clear_error(
-    web: Server, rows: Callable[..., int], make_login: Callable[[bool], str]
+    web: Server, rows: Callable[..., int], make_login: Callable[..., str]
 ) -> None:
     rows("where is Paris?")
-    b, r = sign_in_as(web, make_login(False))
+    b, r = sign_in_as(web, make_login("web", curator=False))
     page = b.follow(r)
     assert page.status == 403 and "permission denied" in page.text_of("error")
     assert "Traceback" not in page.body
@@ -472,7 +452,9 @@ def test_the_conversation_is_read_as_chat() -> None:
 
 
 @given(
-    st.dictionaries(st.sampled_from(["state", "q", "tag", "model", "since", "after"]), st.text())
+    st.dictionaries(
+        st.sampled_from(["state", "q", "tag", "model", "since", "after", "flag"]), st.text()
+    )
 )
 def test_any_query_string_is_read_or_refused_in_one_line(query: dict[str, str]) -> None:
     """What a browser sends is untrusted too: a filter is read, or refused as InvalidInput."""
@@ -480,8 +462,9 @@ def test_any_query_string_is_read_or_refused_in_one_line(query: dict[str, str]) 
         q = pages.RowQuery.parse(query)
     except InvalidInput:
         return
-    assert q.state in pages.STATES
+    assert q.state in pages.STATES and q.flag in (None, *flags.REASONS)
     q.link(after=1)
+    chat.flag_list(list(query.values()))  # any text is shown, as itself or with its meaning
 
 
 def test_a_session_ends_when_unused_for_its_idle_time() -> None:
@@ -557,6 +540,19 @@ def test_flagged_rows_are_filtered_shown_and_accepted_by_include(
         f"SELECT flags_accepted_by FROM {NS}_openai_chat_completion WHERE id = %s",
         [refused],
     ) == [{"flags_accepted_by": "ana"}]
+    proposed = rows("where is Metz?")
+    conn.execute(
+        f"UPDATE {NS}_openai_chat_completion SET flags = '{{empty}}',"
+        """ proposed_response = '{"role": "assistant", "content": "Lorraine"}' WHERE id = %s""",
+        [proposed],
+    )
+    assert b.act(proposed, "accept").status == 303
+    assert query(
+        db_url,
+        f"SELECT flags_accepted_by, included IS NOT NULL AS included"
+        f" FROM {NS}_openai_chat_completion WHERE id = %s",
+        [proposed],
+    ) == [{"flags_accepted_by": "ana", "included": True}]
 
 
 def test_search_finds_answers_too_through_their_index(

@@ -5,7 +5,10 @@ The page lists a namespace's rows newest first, a page at a time after the last 
 since 0006; corrected rows and rows with a waiting proposal had none, so a page of
 them, and the capped count beside it, walked the whole partition when they are
 few (the usual case: 0.5% of rows are corrected). Two small partial indexes, one
-per filter, make each page an index range. Built on the parent, so every
+per filter, make each page an index range. The model and tag filters walked the
+namespace newest first for a model or tag that is rare (160-200 ms at 100,000
+rows): a btree on (model, id) and a GIN on tags (``jsonb_path_ops``: ``@>``)
+make those an index range and a lookup. Built on the parent, so every
 partition gets them, and so does every namespace created later.
 
 The page searches answers as well as prompts: a trigram index on the answer in
@@ -14,12 +17,11 @@ Responses reply's text: the rows page's ``answer`` column, the same expression a
 web.sql's ``web_search``) where the server has ``pg_trgm`` (0006 made it). A rare
 term is then a bitmap of two index lookups, not a walk through every answer.
 
-Built here without CONCURRENTLY: recording into a namespace waits while its
-partition's index builds (about 4 s per 100,000 rows measured, README "The web
-page"). On a large table build it first, per partition and while recording
-goes on (``CREATE INDEX CONCURRENTLY ... ON locations_openai_chat_completion
-USING gin ((ANSWER) gin_trgm_ops)``): this revision then attaches those indexes
-instead of building them.
+Built as 0006 builds its indexes (its helpers, loaded from its file): on the
+parent ``ON ONLY``, then ``CONCURRENTLY`` on each existing partition and
+attached, so recording and curating go on while a big namespace's answers are
+indexed (minutes at a million long answers: README "The web page"); an
+interrupted upgrade picks up where it stopped.
 
 Revision ID: 0010
 Revises: 0009
@@ -28,10 +30,14 @@ Create Date: 2026-11-23
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+from pathlib import Path
+from types import ModuleType
+
+from sqlalchemy import text
 
 from alembic import op
-from sqlalchemy import text
 
 log = logging.getLogger("alembic.runtime.migration")
 
@@ -40,50 +46,87 @@ down_revision = "0009"
 branch_labels = None
 depends_on = None
 
-UPGRADE = r"""
-CREATE INDEX openai_chat_completion_corrected_idx ON openai_chat_completion (id)
-    WHERE corrected_response IS NOT NULL;
-COMMENT ON INDEX openai_chat_completion_corrected_idx IS 'The web page''s corrected rows, newest first (keyset pages).';
-CREATE INDEX openai_chat_completion_proposed_idx ON openai_chat_completion (id)
-    WHERE proposed_response IS NOT NULL;
-COMMENT ON INDEX openai_chat_completion_proposed_idx IS 'The web page''s rows with a proposal waiting (curation relabel, feedback), newest first.';
-"""
-
+PARENT = "openai_chat_completion"
 # The answer a rows page shows and searches (curate.sql's list_rows ``answer``); web.sql's
 # web_search must read exactly this for the planner to use the index.
 ANSWER = (
     "coalesce(corrected_response->>'content', response->'choices'->0->'message'->>'content',"
     " (response->'choices'->0->'message'->'tool_calls')::text, curation_response_text(response))"
 )
-ANSWER_INDEX = f"""
-CREATE INDEX openai_chat_completion_answer_trgm_idx ON openai_chat_completion
-    USING gin (({ANSWER}) gin_trgm_ops);
-COMMENT ON INDEX openai_chat_completion_answer_trgm_idx IS 'The web page''s search in answers (the answer in force), beside 0006''s prompt_trgm.';
-"""
+# suffix -> (what follows ON <table>, the comment); the parent's is openai_chat_completion_<suffix>_idx
+INDEXES = {
+    "corrected": (
+        "(id) WHERE corrected_response IS NOT NULL",
+        "The web page's corrected rows, newest first (keyset pages).",
+    ),
+    "proposed": (
+        "(id) WHERE proposed_response IS NOT NULL",
+        "The web page's rows with a proposal waiting (curation relabel, feedback), newest first.",
+    ),
+    "model": (
+        "(model, id)",
+        "The web page's model filter, newest first: a rare model is an index range.",
+    ),
+    "tags": (
+        "USING gin (tags jsonb_path_ops)",
+        """The web page's tag filter, and psql's (tags @> '{"team": "a"}'): a rare tag is a lookup.""",
+    ),
+}
+TRIGRAM = {
+    "answer_trgm": (
+        f"USING gin (({ANSWER}) gin_trgm_ops)",
+        "The web page's search in answers (the answer in force), beside 0006's prompt_trgm.",
+    )
+}
 NO_TRIGRAM = (
     "gin_trgm_ops is not available: the web page's search in answers will scan the namespace. "
-    "To index it later (as a superuser: CREATE EXTENSION pg_trgm):%s"
+    "To index it later (CREATE EXTENSION pg_trgm first): CREATE INDEX "
+    "openai_chat_completion_answer_trgm_idx ON openai_chat_completion %s"
 )
-
-DOWNGRADE = r"""
-DROP INDEX IF EXISTS openai_chat_completion_answer_trgm_idx;
-DROP INDEX openai_chat_completion_proposed_idx;
-DROP INDEX openai_chat_completion_corrected_idx;
-"""
 
 
 def upgrade() -> None:
-    op.execute(UPGRADE)
-    trigram = op.get_bind().execute(
+    indexes = dict(INDEXES)
+    if _trigram_ready():
+        indexes |= TRIGRAM
+    else:
+        log.warning(NO_TRIGRAM, TRIGRAM["answer_trgm"][0])
+    for suffix, (definition, comment) in indexes.items():
+        name = f"{PARENT}_{suffix}_idx"
+        op.execute(f"CREATE INDEX IF NOT EXISTS {name} ON ONLY {PARENT} {definition}")
+        quoted = comment.replace("'", "''")
+        op.execute(f"COMMENT ON INDEX {name} IS '{quoted}'")
+    built = _revision_0006()
+    partitions = built._partitions()
+    if partitions:  # (a fresh database's parent indexes are valid already)
+        with built._outside_transaction() as conn:
+            for partition in partitions:
+                for suffix, (definition, _) in indexes.items():
+                    built._build_on_partition(conn, partition, suffix, definition)
+                conn.execute(text(f"ANALYZE {built._quote(partition)}"))  # the answer's statistics
+
+
+def downgrade() -> None:
+    # Dropping a parent's index drops its partitions' too.
+    for suffix in (*INDEXES, *TRIGRAM):
+        op.execute(f"DROP INDEX IF EXISTS {PARENT}_{suffix}_idx")
+
+
+def _trigram_ready() -> bool:
+    found = op.get_bind().execute(
         text(
             "SELECT 1 FROM pg_opclass WHERE opcname = 'gin_trgm_ops' AND pg_opclass_is_visible(oid)"
         )
     )
-    if trigram.scalar() is None:
-        log.warning(NO_TRIGRAM, ANSWER_INDEX)
-        return
-    op.execute(ANSWER_INDEX)
+    return found.scalar() is not None
 
 
-def downgrade() -> None:
-    op.execute(DOWNGRADE)
+def _revision_0006() -> ModuleType:
+    """Revision 0006, for its concurrent build (commit, build each partition's index
+    CONCURRENTLY, attach it to the parent's): one way to do it, not two."""
+    path = Path(__file__).with_name("0006_curator_indexes.py")
+    spec = importlib.util.spec_from_file_location("curation_revision_0006", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -51,6 +51,8 @@ BEGIN
     END LOOP;
 END $$;
 GRANT UPDATE (flags_accepted_by, flags_accepted_at) ON openai_chat_completion TO curation_curator;
+-- Every CLI command checks the schema's revision first: a curator login must read it.
+GRANT SELECT ON alembic_version TO curation_curator;
 
 CREATE OR REPLACE FUNCTION curation_grant_curator(tbl regclass) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
@@ -60,6 +62,7 @@ END $$;
 """.replace("COLUMNS", COLUMNS)
 
 DOWNGRADE = r"""
+REVOKE SELECT ON alembic_version FROM curation_curator;
 CREATE OR REPLACE FUNCTION curation_grant_curator(tbl regclass) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     EXECUTE format('GRANT SELECT ON %s TO curation_curator', tbl);

@@ -260,12 +260,20 @@ def proposal_command(accept: bool) -> Any:
     @click.argument("ids", type=ROW_ID, nargs=-1, required=True)
     @curator_option
     @pass_app
-    def command(app: AppContext, namespace: str, ids: tuple[int, ...], curator: str | None) -> None:
-        from curation.db import evals as db_evals
+    def command(
+        app: AppContext,
+        namespace: str,
+        ids: tuple[int, ...],
+        curator: str | None,
+        accept_flags: bool = False,
+    ) -> None:
+        from curation.curate import flagged
 
         with app.db() as conn:
             curate_rows.as_curator(conn, who(app, curator))
-            changed = db_evals.decide_proposals(conn, namespace, ids, accept)
+            changed = flagged.decide_proposals(
+                conn, namespace, ids, accept=accept, accept_flags=accept_flags
+            )
             missing = sorted(set(ids) - set(changed))
             if missing:
                 raise Conflict(
@@ -279,7 +287,13 @@ def proposal_command(accept: bool) -> Any:
 
 accept_command = click.command(
     "accept", help="Accept teacher proposals: they become the corrections."
-)(proposal_command(True))
+)(
+    click.option(
+        "--accept-flags",
+        is_flag=True,
+        help="Accept on flagged rows too (truncated, refusal...): you read them; export keeps them.",
+    )(proposal_command(True))
+)
 reject_command = click.command("reject", help="Reject teacher proposals.")(proposal_command(False))
 
 

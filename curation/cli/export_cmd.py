@@ -10,6 +10,7 @@ import click
 from curation.cli.context import AppContext, pass_app
 from curation.cli.output import dumps, json_option
 from curation.cli.params import ROW_IDS
+from curation.errors import PII_REFUSED
 
 if TYPE_CHECKING:  # the export path (psycopg, tiktoken) is imported by the commands using it
     from curation.export.run import ExportRequest, ExportResult
@@ -42,6 +43,22 @@ def export_options(func: Any) -> Any:
             type=click.IntRange(1, 64),
             help="Processes for large exports (default: one per CPU, at most 4).",
         ),
+        click.option(
+            "--pii",
+            type=click.Choice(["report", "redact", "refuse"]),
+            default="report",
+            show_default=True,
+            help="Personal data (e-mail, phone, card, IBAN, IP, API keys): list the rows (values "
+            "masked), replace each with a placeholder like <EMAIL_1>, or write nothing if any "
+            f"is found (exit {PII_REFUSED}).",
+        ),
+        click.option(
+            "--pii-region",
+            default="US",
+            show_default=True,
+            envvar="CURATION_PII_REGION",
+            help="Region (ISO code) phone numbers without a + are read as; NONE: only + numbers.",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -72,7 +89,7 @@ def build_request(
     if options.get("tag"):
         tag_key, _, tag_value = options["tag"].partition("=")
     since: datetime | None = options.get("since")
-    return ExportRequest(
+    request = ExportRequest(
         namespace=namespace,
         out_dir=out,
         base_model=base,
@@ -86,6 +103,7 @@ def build_request(
         models_file=app.settings().models_file,
         workers=options.get("workers"),
     )
+    return with_pii(request, options.get("pii", "report"), options.get("pii_region", "US"))
 
 
 def run_export(conn: Any, request: ExportRequest, quiet: bool) -> ExportResult:
@@ -194,21 +212,6 @@ def _usd(amount: float | None) -> str:
     help="near: keep one row of each group of near-identical prompts (corrected, then most "
     "seen, then oldest) and list the others in the manifest.",
 )
-@click.option(
-    "--pii",
-    type=click.Choice(["report", "redact", "refuse"]),
-    default="report",
-    show_default=True,
-    help="Personal data (e-mail, phone, card, IBAN, IP, API keys): list the rows (values "
-    "masked), replace each with a placeholder like <EMAIL_1>, or write nothing if any is found.",
-)
-@click.option(
-    "--pii-region",
-    default="US",
-    show_default=True,
-    envvar="CURATION_PII_REGION",
-    help="Region (ISO code) phone numbers without a + are read as; NONE: only + numbers.",
-)
 @json_option
 @pass_app
 def export_command(
@@ -219,8 +222,6 @@ def export_command(
     ids: tuple[int, ...] | None,
     fmt: str,
     dedupe: str,
-    pii: str,
-    pii_region: str,
     as_json: bool,
     **options: Any,
 ) -> None:
@@ -229,7 +230,6 @@ def export_command(
         request = build_request(app, conn, namespace, out, options, fmt, ids or ())
         if dedupe == "near":
             request = dedupe_near(conn, request)
-        request = with_pii(request, pii, pii_region)
         result = run_export(conn, request, as_json)
     if as_json:  # warnings go to stderr, so stdout stays the result alone
         click.echo(dumps({**result.manifest, "train_path": str(result.train_path)}))

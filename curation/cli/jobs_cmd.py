@@ -384,6 +384,7 @@ def retrain_command(
 
     Exit codes: 0 submitted (with --wait: succeeded), 10 nothing new,
     11 too few examples, 12 provider error or failed job, 13 another run busy,
+    14 personal data found with --pii refuse (nothing written or submitted),
     2 no training system prompt (unless --no-system-prompt).
     """
     from curation.jobs import retrain

@@ -129,6 +129,30 @@ def count(setting: str) -> Bounded:
     "[env: CURATION_STUDENT_TIMEOUT; 30].",
 )
 @click.option(
+    "--background-concurrency",
+    type=count("background_concurrency"),
+    help="Shadow and watch calls in flight at once; over it a call is dropped and counted "
+    "[env: CURATION_BACKGROUND_CONCURRENCY; 16].",
+)
+@click.option(
+    "--background-timeout",
+    type=seconds("background_timeout"),
+    help="Longest wait for one shadow or watch call's whole answer, s "
+    "[env: CURATION_BACKGROUND_TIMEOUT; 60].",
+)
+@click.option(
+    "--rollout-decider/--no-rollout-decider",
+    default=None,
+    help="Take part in deciding automatic rollouts (one proxy decides at a time) "
+    "[env: CURATION_ROLLOUT_DECIDER; on].",
+)
+@click.option(
+    "--rollout-interval",
+    type=seconds("rollout_interval"),
+    help="Seconds between the rollout decider's looks at the numbers "
+    "[env: CURATION_ROLLOUT_INTERVAL; 1].",
+)
+@click.option(
     "--workers",
     type=click.IntRange(1, 64),
     default=1,
@@ -157,6 +181,10 @@ def proxy(
     max_connections: int | None,
     recorder_stall_seconds: float | None,
     student_timeout: float | None,
+    background_concurrency: int | None,
+    background_timeout: float | None,
+    rollout_decider: bool | None,
+    rollout_interval: float | None,
     workers: int,
 ) -> None:
     """Run the OpenAI-compatible proxy that records chat completions.
@@ -186,6 +214,10 @@ def proxy(
         upstream_max_connections=max_connections,
         recorder_stall_seconds=recorder_stall_seconds,
         student_timeout=student_timeout,
+        background_concurrency=background_concurrency,
+        background_timeout=background_timeout,
+        rollout_decider=rollout_decider,
+        rollout_interval=rollout_interval,
     )
     serve(settings, workers)
 

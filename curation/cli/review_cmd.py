@@ -264,13 +264,14 @@ def correct(s: Session, row: dict[str, Any]) -> str | None:
 
 def proposal(accept: bool) -> Action:
     def decide(s: Session, row: dict[str, Any]) -> str | None:
-        from curation.db.evals import decide_proposals  # psycopg: not for `curation --help`
+        from curation.curate import flagged  # psycopg: not for `curation --help`
 
         if not row.get("proposed_response"):
             click.echo(f"row {row['id']} has no proposal to {'accept' if accept else 'reject'}")
             return None
         rows.as_curator(s.conn, s.curator)
-        decide_proposals(s.conn, s.namespace, [row["id"]], accept=accept)
+        # The flags are on screen: accepting here accepts them, as the include key does.
+        flagged.decide_proposals(s.conn, s.namespace, [row["id"]], accept=accept, accept_flags=True)
         s.did(row["id"], "accepted" if accept else "rejected", undoable=accept)
         if accept:
             return f"row {row['id']} included with the proposal accepted as its correction"

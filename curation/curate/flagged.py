@@ -45,6 +45,24 @@ def accept(conn: Connection, namespace: str, ids: Sequence[int]) -> None:
         db.accept(conn, namespace, ids)
 
 
+def decide_proposals(
+    conn: Connection, namespace: str, ids: Sequence[int], *, accept: bool, accept_flags: bool
+) -> list[int]:
+    """Accept or reject teacher proposals; the ids changed. Accepting one includes its
+    row, so a flagged row needs ``accept_flags`` exactly as ``include`` does (Conflict,
+    nothing changed, without it), and the acceptance is recorded: the proposal replaces
+    the answer the flags were found on, but nobody should train on a row whose flags no
+    curator has seen."""
+    from curation.db import evals
+
+    seen = check_include(conn, namespace, ids, accept=accept_flags) if accept else []
+    changed = evals.decide_proposals(conn, namespace, ids, accept)
+    seen_and_changed = [i for i in seen if i in changed]
+    if seen_and_changed:
+        db.accept(conn, namespace, seen_and_changed)
+    return changed
+
+
 def counts(conn: Connection, namespace: str | None) -> dict[str, dict[str, int]]:
     """Per namespace: how many rows carry each reason."""
     out: dict[str, dict[str, int]] = {}

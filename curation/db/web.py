@@ -204,8 +204,9 @@ def rows_page(
     after: int | None,
     limit: int,
 ) -> tuple[list[dict[str, Any]], int]:
-    """One page of rows after ``after`` (newest first), and how many match: exact from the
-    running counts when only the state filters, else counted up to COUNT_CAP."""
+    """One page of rows after ``after`` (newest first), and how many match: the page's own
+    rows when a first page is not full (a rare search, tag or model: the filter runs once),
+    exact from the running counts when only the state filters, else counted up to COUNT_CAP."""
     from psycopg.types.json import Jsonb
 
     args = {**params, "namespace": namespace, "after": after, "limit": limit, "cap": COUNT_CAP}
@@ -215,6 +216,8 @@ def rows_page(
     found = conn.execute(
         queries.for_namespace("list_rows", namespace, filters=paged, order="list_newest"), args
     ).fetchall()
+    if after is None and len(found) < limit:  # the first page holds every match: no count
+        return found, len(found)
     return found, _count(conn, namespace, filters, args)
 
 

@@ -78,13 +78,16 @@ def _row(s: ModelSummary, models_file: Any) -> dict[str, Any]:
         "latency_p95_ms": percentile(s.latencies, 95),
         "tokens_in_per_call": per_in,
         "tokens_out_per_call": per_out,
-        "cost_per_1k_calls_usd": _cost(s.model, per_in, per_out, models_file),
+        "cost_per_1k_calls_usd": cost_per_1k_calls(s.model, per_in, per_out, models_file),
     }
 
 
-def _cost(
-    model: str, per_in: float | None, per_out: float | None, models_file: Any
+def cost_per_1k_calls(
+    model: str, per_in: float | None, per_out: float | None, models_file: Any = None
 ) -> float | None:
+    """USD per 1,000 calls of ``per_in``/``per_out`` tokens each, at the model's price
+    (a fine-tuned model at its fine-tuned price). The one pricing rule: ``eval`` reports
+    and ``curation serve``'s live numbers both use it. None: no tokens, or no price."""
     if per_in is None or per_out is None:
         return None
     try:

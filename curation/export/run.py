@@ -1,25 +1,20 @@
 """Export a namespace's curated rows as training files plus a manifest.
 
 Rows stream from a binary COPY, in chunks of raw rows that worker processes
-parse and turn into examples (short system prompt, conversation, curated
-answer), validated and counted; each goes to train or validation by its
-prompt's hash, in row order, so the files are the same however many workers.
-Files are written under temporary names and renamed, so a crash never leaves
-half a file; the dataset and its exact row versions are recorded in the same
-transaction.
+parse and turn into examples (``chunks.py``); each goes to train or validation
+by its prompt's hash, in row order, so the files are the same however many
+workers. Files are written under temporary names and renamed, so a crash never
+leaves half a file; the dataset and its exact row versions are recorded in the
+same transaction.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
-import multiprocessing
 import os
 from array import array
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,8 +25,10 @@ import orjson
 from curation.db import export as db
 from curation.db import flags as db_flags
 from curation.db.connect import Connection
-from curation.errors import InvalidInput
-from curation.export import examples, models, pii, split, tokens, validate
+from curation.errors import PII_REFUSED, InvalidInput
+from curation.export import models, pii, tokens
+from curation.export.chunks import Part, outcomes
+from curation.export.chunks import process_chunk as process_chunk  # doctor.py checks rows so
 
 MIN_EXAMPLES = 10  # OpenAI refuses fewer
 PII_REGION = pii.DEFAULT_REGION
@@ -68,7 +65,7 @@ class _Split:
     versions: array[int] = field(default_factory=lambda: array("q"))
     counts: array[int] = field(default_factory=lambda: array("q"))
 
-    def add(self, part: _Part) -> None:
+    def add(self, part: Part) -> None:
         self.file.write(part.lines)
         self.sha.update(part.lines)
         self.examples += len(part.ids)
@@ -132,7 +129,7 @@ def _write(
     seen, longest = len(skipped), 0
     try:
         rows = db.copy_rows(conn, req.namespace, req.filters)
-        for chunk in _chunks(rows, req, info):
+        for chunk in outcomes(rows, req, info):
             seen += chunk.rows
             if on_row:
                 on_row(chunk.rows)
@@ -142,7 +139,7 @@ def _write(
             valid.add(chunk.validation)
             found.merge(chunk.pii)
         if req.pii == "refuse" and found.row_count:
-            raise InvalidInput(found.refusal())
+            raise InvalidInput(found.refusal(), exit_code=PII_REFUSED)
     except BaseException:
         for s in (train, valid):
             s.file.close()
@@ -171,170 +168,12 @@ def _write(
     return ExportResult(manifest, dataset_id, train.path, valid.path if valid.examples else None)
 
 
-class Chunk:
-    """The outcome of a run of rows, in row order: the lines for each split (with the
-    ids, versions and token counts the manifest needs) and the skipped rows. A
-    worker returns one per chunk; it pickles as a few byte strings, not row objects."""
-
-    def __init__(self) -> None:
-        self.rows = 0
-        self.longest = 0
-        self.skipped: list[tuple[int, str]] = []
-        self.train, self.validation = _Part(), _Part()
-        self.pii = pii.Tally()
-
-    def add(
-        self, row_id: int, version: int, line: bytes, n: tokens.Count, validation: bool
-    ) -> None:
-        (self.validation if validation else self.train).add(row_id, version, line, n.total)
-        if n.longest > self.longest:
-            self.longest = n.longest
-
-    def skip(self, row_id: int, reason: str) -> None:
-        self.skipped.append((row_id, reason))
-
-
-class _Part:
-    def __init__(self) -> None:
-        self.lines = bytearray()
-        self.ids, self.versions, self.counts = array("q"), array("q"), array("q")
-        self.tokens = 0
-
-    def add(self, row_id: int, version: int, line: bytes, n_tokens: int) -> None:
-        self.lines += line
-        self.ids.append(row_id)
-        self.versions.append(version)
-        self.counts.append(n_tokens)
-        self.tokens += n_tokens
-
-
-def process(row: tuple[Any, ...], req: ExportRequest, info: models.ModelInfo, into: Chunk) -> None:
-    """Build, validate and count one row's example. Pure but for the tokenizer's tables."""
-    into.rows += 1
-    if req.near_duplicates and row[0] in req.near_duplicates:
-        return  # listed in the manifest's "near_duplicates" with the row kept instead
-    try:
-        source, example, plain = _example(row, req)
-        example = into.pii.scan(source.id, example, req.pii, req.pii_region)
-        if plain and info.encoding:
-            k = tokens.count_plain(example["messages"], info.encoding)
-            n = tokens.Count(k, k)
-        else:
-            n = tokens.count(example, info)
-        validate.check_length(n.longest, info.max_example_tokens, info.name)
-    except (examples.Skip, validate.Invalid, ValueError, KeyError, TypeError) as exc:
-        into.skip(row[0], str(exc))
-        return
-    validation = split.is_validation(source.user_prompt, req.validation_fraction)
-    line = orjson.dumps(example, option=orjson.OPT_APPEND_NEWLINE)
-    into.add(source.id, source.version, line, n, validation)
-
-
 def _flagged(conn: Connection, req: ExportRequest) -> list[dict[str, Any]]:
     """Included rows whose flags no curator accepted: skipped, saying which flags."""
     return [
         {"id": row_id, "reason": f"flagged: {', '.join(flags)}"}
         for row_id, flags in db_flags.export_flagged(conn, req.namespace, req.filters)
     ]
-
-
-def process_chunk(data: bytes, req: ExportRequest, info: models.ModelInfo) -> Chunk:
-    """Rows as ``db.copy_rows`` sent them (concatenated) -> their outcome."""
-    chunk = Chunk()
-    for row in db.parse_rows(data):
-        process(row, req, info, chunk)
-    return chunk
-
-
-INLINE_ROWS = 20_000  # done here while the workers start: smaller exports finish first
-CHUNK_ROWS = 1000
-
-
-def _chunks(rows: Iterator[bytes], req: ExportRequest, info: models.ModelInfo) -> Iterator[Chunk]:
-    """Every chunk's outcome, in row order. The first INLINE_ROWS rows are done here,
-    the rest in worker processes. Those start (loading the tokenizer takes a second)
-    once a quarter of INLINE_ROWS is done, so exports smaller than that never start
-    them and larger ones overlap their start with the inline work. At most two chunks
-    per worker are in flight, so memory stays flat, and results are taken in order,
-    so files are deterministic."""
-    workers = req.workers if req.workers is not None else min(4, os.cpu_count() or 1)
-    inline = 0
-    with ExitStack() as stack:
-        pool: ProcessPoolExecutor | None = None
-        pending: deque[Future[Chunk]] = deque()
-        while data := _take(rows):
-            if pool is None and workers > 1 and inline >= INLINE_ROWS // 4:
-                pool = stack.enter_context(_pool(workers, info))
-            if pool is None or inline < INLINE_ROWS:
-                chunk = process_chunk(data, req, info)
-                inline += chunk.rows
-                yield chunk
-                continue
-            pending.append(pool.submit(process_chunk, data, req, info))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
-def _pool(workers: int, info: models.ModelInfo) -> ProcessPoolExecutor:
-    """Worker processes, each told at once to load the tokenizer (about a second)."""
-    # spawn, not fork: a forked child could close the parent's PostgreSQL socket at exit
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-    for _ in range(workers):
-        pool.submit(tokens.prepare, info)
-    return pool
-
-
-def _take(rows: Iterator[bytes]) -> bytes:
-    """The next CHUNK_ROWS rows, as one byte string (empty at the end)."""
-    return b"".join(itertools.islice(rows, CHUNK_ROWS))
-
-
-def _example(
-    row: tuple[Any, ...], req: ExportRequest
-) -> tuple[examples.SourceRow, dict[str, Any], bool]:
-    """The row's example, validated; True with it when it is plain (see ``_plain``)."""
-    row_id, version, user_prompt, request, response, corrected = row
-    source = examples.SourceRow(
-        id=row_id,
-        version=version,
-        user_prompt=user_prompt,
-        request=orjson.loads(request),
-        response=orjson.loads(response),
-        corrected_response=orjson.loads(corrected) if corrected else None,
-    )
-    if req.format == "dpo":
-        pair = examples.preference_pair(source, req.system_prompt)
-        validate.check_preference(pair)
-        return source, pair, False
-    example = examples.chat_example(source, req.system_prompt)
-    plain = _plain(example)
-    if not plain:
-        validate.check_chat(example)
-    return source, example, plain
-
-
-_PLAIN_ROLES = frozenset({"system", "user", "assistant"})
-
-
-def _plain(example: dict[str, Any]) -> bool:
-    """True for an example that every check of ``validate.check_chat`` passes, seen in
-    one quick pass: only messages {role: system/user/assistant, content: non-empty
-    text}, the answer last, nothing beside the messages. Anything else (tools, names,
-    parts, tool calls) gets the full check."""
-    messages = example.get("messages")
-    if len(example) != 1 or type(messages) is not list or not messages:
-        return False
-    for message in messages:
-        if type(message) is not dict or len(message) != 2:
-            return False
-        role, content = message.get("role"), message.get("content")
-        if type(role) is not str or role not in _PLAIN_ROLES or type(content) is not str:
-            return False
-        if not content:
-            return False
-    return bool(messages[-1]["role"] == "assistant")
 
 
 def _open_split(out_dir: Path, name: str) -> _Split:

@@ -287,7 +287,7 @@ async def run_command(cmd: str, payload: bytes, timeout: float = compare.COMMAND
     )
     try:
         async with asyncio.timeout(timeout):
-            _, stderr = await proc.communicate(payload)
+            stderr = await _talk(proc, payload)
     except TimeoutError:
         raise InvalidInput(f"{cmd!r} ran past {timeout:g}s on one call; make it faster") from None
     finally:
@@ -301,3 +301,21 @@ async def run_command(cmd: str, payload: bytes, timeout: float = compare.COMMAND
         why = f"exit {code}" if code > 0 else f"signal {-code}"
         raise InvalidInput(f"{cmd!r} cannot run ({why}{': ' + said[-1] if said else ''})")
     return code == 0
+
+
+async def _talk(proc: asyncio.subprocess.Process, payload: bytes) -> bytes:
+    """Write ``payload`` to the command while reading its stderr (as ``communicate`` does, so
+    neither pipe can fill and stall it), then wait for its end."""
+    assert proc.stdin is not None and proc.stderr is not None
+    stdin = proc.stdin
+
+    async def feed() -> None:
+        # a command may end without reading its input (uvloop then says the pipe is closed)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError, RuntimeError):
+            stdin.write(payload)
+            await stdin.drain()
+            stdin.close()
+
+    stderr, _ = await asyncio.gather(proc.stderr.read(), feed())
+    await proc.wait()
+    return stderr

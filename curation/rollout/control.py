@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from curation.db import rollout as db
 from curation.errors import Conflict, InvalidInput
+from curation.evaluate import summary
 from curation.rollout.policy import OFF, SHADOW, Policy, stage_of
 
 if TYPE_CHECKING:
@@ -129,8 +130,6 @@ def _stage(row: dict[str, Any]) -> str:
 
 def state(conn: Connection, namespace: str, last: int, models_file: Any = None) -> dict[str, Any]:
     """The serving settings, the rollout, and live numbers of the served model."""
-    from curation.evaluate.summary import _cost as cost_per_1k
-
     row = db.settings(conn, namespace)
     model = row["serve_model"]
     rollout = row["rollout"] or {}
@@ -159,14 +158,14 @@ def state(conn: Connection, namespace: str, last: int, models_file: Any = None) 
         "student": {
             "model": model,
             "latency_p50_ms": _ms(live["student_p50_ms"]),
-            "cost_per_1k_calls_usd": cost_per_1k(
+            "cost_per_1k_calls_usd": summary.cost_per_1k_calls(
                 model, live["student_tokens_in"], live["student_tokens_out"], models_file
             ),
         },
         "teacher": {
             "model": teacher,
             "latency_p50_ms": _ms(live["teacher_p50_ms"]),
-            "cost_per_1k_calls_usd": cost_per_1k(
+            "cost_per_1k_calls_usd": summary.cost_per_1k_calls(
                 teacher, live["teacher_tokens_in"], live["teacher_tokens_out"], models_file
             )
             if teacher

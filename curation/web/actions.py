@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from curation.curate import answers
+from curation.curate import answers, flagged
 from curation.curate import rows as curate_rows
 from curation.db import namespaces as db_namespaces
 from curation.db import web as db
@@ -152,7 +152,8 @@ def proposal(accept: bool) -> Action:
         if not decide_proposals(conn, ns, [row_id], accept=accept):
             curate_rows.get_row(conn, ns, row_id)  # NotFound for a row that is not there
             raise Conflict(f"row {row_id} has no proposal to {'accept' if accept else 'reject'}")
-        if accept:
+        if accept:  # included, from the page that lists its flags: accepted, as include
+            flagged.accept(conn, ns, [row_id])
             s.last = (ns, row_id)
             said = f"row {row_id} included with the proposal accepted as its correction"
             return Done(said, True, (ns, row_id))

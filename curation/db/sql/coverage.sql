@@ -89,14 +89,22 @@ GROUP BY m.cluster_id, k.example_row_id
 ORDER BY traffic DESC, size DESC, m.cluster_id
 
 -- name: coverage_review_plan
--- The clusters with a pending row, with their traffic and whether an included row
--- covers them: a coverage review ranks them once, at its start.
-SELECT r.cluster_id, sum(c.times_seen) AS traffic,
-       bool_or(c.included IS NOT NULL AND c.excluded IS NULL) AS covered
-FROM coverage_row r JOIN {table} c ON c.namespace = r.namespace AND c.id = r.row_id
-WHERE r.namespace = %(namespace)s
-GROUP BY r.cluster_id
-HAVING bool_or(c.included IS NULL AND c.excluded IS NULL)
+-- The clusters that may have a pending row, with their traffic (as stored with each
+-- cluster: summed as its rows were assigned) and whether an included row covers them:
+-- a coverage review ranks them once, at its start. Only the decided rows (few, next to
+-- the pending ones) are joined to their clusters; a cluster with as many decided rows
+-- as its size has none pending. Its size counts deleted rows until a recluster, so a
+-- fully decided cluster may stay in the plan: the review finds it empty and moves on.
+WITH decided AS (
+    SELECT r.cluster_id, count(*) AS decided,
+           bool_or(c.included IS NOT NULL AND c.excluded IS NULL) AS covered
+    FROM {table} c JOIN coverage_row r ON r.row_id = c.id
+    WHERE c.namespace = %(namespace)s AND (c.included IS NOT NULL OR c.excluded IS NOT NULL)
+    GROUP BY r.cluster_id
+)
+SELECT k.id AS cluster_id, k.traffic, coalesce(d.covered, false) AS covered
+FROM coverage_cluster k LEFT JOIN decided d ON d.cluster_id = k.id
+WHERE k.namespace = %(namespace)s AND k.size > coalesce(d.decided, 0)
 
 -- name: coverage_cluster_covered
 -- Whether a cluster has an included row now (its rows through coverage_row_cluster_idx).
@@ -139,7 +147,8 @@ WHERE c.namespace = %(namespace)s AND c.id = ANY(%(ids)s)
 ORDER BY c.id
 
 -- name: coverage_export_rows
--- The rows an export with these filters writes, for --dedupe near.
+-- The rows an export with these filters writes, for --dedupe near: export_rows itself,
+-- so rows it leaves out (unaccepted flags, excluded, the student's own) never win a group.
 SELECT c.id, c.user_prompt::text AS user_prompt, c.times_seen,
        c.corrected_response IS NOT NULL AS corrected, r.signature
 FROM ({export}) AS q
