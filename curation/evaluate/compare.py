@@ -42,7 +42,7 @@ def command(cmd: str, timeout: float = COMMAND_TIMEOUT) -> Comparator:
     """
 
     def compare(expected: str, actual: str) -> bool:
-        payload = json.dumps({"expected": _maybe_json(expected), "actual": _maybe_json(actual)})
+        payload = command_payload(expected, actual)
         with subprocess.Popen(
             cmd,
             shell=True,
@@ -60,16 +60,28 @@ def command(cmd: str, timeout: float = COMMAND_TIMEOUT) -> Comparator:
                 raise InvalidInput(
                     f"--compare {cmd!r} ran past {timeout:g}s on one row; make it faster"
                 ) from None
-        said = stderr.strip().splitlines()
-        if proc.returncode in CANNOT_RUN or proc.returncode < 0:
-            why = f"exit {proc.returncode}" if proc.returncode > 0 else f"signal {-proc.returncode}"
-            raise InvalidInput(
-                f"--compare {cmd!r} cannot run ({why}{': ' + said[-1] if said else ''}); "
-                "give exact, json, or a command on PATH"
-            )
-        return proc.returncode == 0
+        return verdict(cmd, proc.returncode, stderr)
 
     return compare
+
+
+def command_payload(expected: str, actual: str) -> str:
+    """What a command comparator reads on stdin: each answer as data when it parses as
+    JSON, else as text (eval and the proxy's live comparisons write the same)."""
+    return json.dumps({"expected": _maybe_json(expected), "actual": _maybe_json(actual)})
+
+
+def verdict(cmd: str, returncode: int, stderr: str) -> bool:
+    """A command comparator's exit code read: 0 a match, else not; one the shell could not
+    run, or a signal, is an error (scoring it a mismatch would look like 0% agreement)."""
+    if returncode in CANNOT_RUN or returncode < 0:
+        said = stderr.strip().splitlines()
+        why = f"exit {returncode}" if returncode > 0 else f"signal {-returncode}"
+        raise InvalidInput(
+            f"--compare {cmd!r} cannot run ({why}{': ' + said[-1] if said else ''}); "
+            "give exact, json, or a command on PATH"
+        )
+    return returncode == 0
 
 
 def _maybe_json(text: str) -> Any:

@@ -12,7 +12,6 @@ function name and parsed arguments), with the namespace's comparator.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +21,7 @@ from curation.capture import responses, stream
 from curation.capture.rewrite import rewrite
 from curation.capture.row import decode_body
 from curation.capture.shape import Unrecordable, int32, obj
-from curation.evaluate import calls
+from curation.evaluate import calls, compare
 from curation.evaluate.compare import Comparator
 
 # a background call is one JSON answer: no stream, nothing about the client's transport
@@ -130,16 +129,9 @@ def comparable(message: dict[str, Any]) -> str:
 def command_input(teacher: Answer, student: Answer) -> bytes:
     """What a command comparator reads on stdin, as ``eval`` writes it: each answer as data
     when it parses as JSON, else as text."""
-    expected, actual = comparable(teacher.message), comparable(student.message)
-    payload = {"expected": _maybe_json(expected), "actual": _maybe_json(actual)}
-    return json.dumps(payload).encode()
-
-
-def _maybe_json(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
+    return compare.command_payload(
+        comparable(teacher.message), comparable(student.message)
+    ).encode()
 
 
 def agree(comparator: Comparator, teacher: Answer, student: Answer) -> bool:

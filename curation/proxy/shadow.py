@@ -296,11 +296,7 @@ async def run_command(cmd: str, payload: bytes, timeout: float = compare.COMMAND
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
     code = await proc.wait()  # already ended: its exit code
-    if code in compare.CANNOT_RUN or code < 0:
-        said = stderr.decode("utf-8", "replace").strip().splitlines()
-        why = f"exit {code}" if code > 0 else f"signal {-code}"
-        raise InvalidInput(f"{cmd!r} cannot run ({why}{': ' + said[-1] if said else ''})")
-    return code == 0
+    return compare.verdict(cmd, code, stderr.decode("utf-8", "replace"))
 
 
 async def _talk(proc: asyncio.subprocess.Process, payload: bytes) -> bytes:
