@@ -14,7 +14,7 @@ from curation.capture.flags import REASONS as FLAG_REASONS
 from curation.cli.context import AppContext, pass_app
 from curation.cli.output import dumps, emit, json_option, visible
 from curation.cli.params import ROW_ID, curator_option, who
-from curation.cli.review_cmd import disagreement_lines, feedback_event, feedback_summary, render
+from curation.cli.row_render import disagreement_lines, feedback_event, feedback_summary, render
 from curation.curate import flagged, rows, stats
 
 LIST_COLUMNS = ["id", "times_seen", "last_seen_at", "user_prompt", "answer", "state"]
