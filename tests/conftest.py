@@ -60,7 +60,7 @@ def make_login(pg_server: str, db_url: str) -> Iterator[Callable[..., str]]:
     ``curator=False``; roles are cluster-wide, so names are unique and dropped after."""
     made: list[str] = []
 
-    def make(prefix: str = "login", curator: bool = True) -> str:
+    def make(prefix: str = "ana", curator: bool = True) -> str:
         name = f"{prefix}_{uuid.uuid4().hex[:8]}"
         grant = " IN ROLE curation_curator" if curator else ""
         with pg.admin(pg_server) as c:

@@ -14,8 +14,9 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from tests import browser, pg
+from tests import browser
 from tests.browser import Page, WebServer
+from tests.conftest import LOGIN_PASSWORD
 from tests.factories import add_row
 from tests.harness import query
 from tests.web_demo import CITIES, demo_namespace
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 Conn = psycopg.Connection[dict[str, Any]]
 TABLE = "locations_openai_chat_completion"
-PASSWORD = "correct horse battery staple"
+PASSWORD = LOGIN_PASSWORD  # make_login (conftest) gives its logins this password
 PAYLOAD = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=1">'
 
 
@@ -46,27 +47,6 @@ def start_browser() -> Iterator[Callable[[], Any]]:
 @pytest.fixture(scope="module")
 def chrome(start_browser: Callable[[], Any]) -> Any:
     return start_browser()
-
-
-@pytest.fixture
-def make_login(pg_server: str, db_url: str) -> Iterator[Callable[..., str]]:
-    """Real PostgreSQL logins with a password (roles are cluster-wide: unique names)."""
-    made: list[str] = []
-
-    def make(prefix: str = "ana", curator: bool = True) -> str:
-        name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-        grant = " IN ROLE curation_curator" if curator else ""
-        with pg.admin(pg_server) as c:
-            c.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{PASSWORD}'{grant}")
-        made.append(name)
-        return name
-
-    yield make
-    for name in made:
-        with psycopg.connect(db_url, autocommit=True) as c:
-            c.execute(f"DROP OWNED BY {name}")
-        with pg.admin(pg_server) as c:
-            c.execute(f"DROP ROLE {name}")
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from curation.db.connect import Connection
 from curation.errors import PII_REFUSED, InvalidInput
 from curation.export import models, pii, tokens
 from curation.export.chunks import Part, outcomes
-from curation.export.chunks import process_chunk as process_chunk  # doctor.py checks rows so
+from curation.export.chunks import process_chunk as process_chunk  # doctor/data.py checks rows so
 
 MIN_EXAMPLES = 10  # OpenAI refuses fewer
 PII_REGION = pii.DEFAULT_REGION
