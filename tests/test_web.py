@@ -5,15 +5,19 @@ screenshots) is tested in headless Chromium in tests/test_web_browser.py."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import os
 import re
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -26,7 +30,7 @@ from curation.capture import flags
 from curation.db import queries
 from curation.db import web as db_web
 from curation.errors import InvalidInput
-from curation.web import chat, pages
+from curation.web import chat, counting, pages
 from tests.conftest import LOGIN_PASSWORD
 from tests.factories import add_row
 from tests.harness import ROOT, query
@@ -119,19 +123,29 @@ class Server:
 
 @pytest.fixture
 def web(db_url: str) -> Iterator[Server]:
+    with serve(db_url) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def serve(db_url: str, env: dict[str, str] | None = None) -> Iterator[Server]:
+    """``curation web`` on a free port until the test ends (``env``: its environment)."""
     proc = subprocess.Popen(
         [*CLI, "--database-url", db_url, "web", "--listen", "127.0.0.1:0", "--curator", "ana"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=env,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     found = re.fullmatch(r"curation web: http://127\.0\.0\.1:(\d+)/\?token=(\S+)\n", line)
     assert found, f"not the sign-in line: {line!r} {proc.stderr.read() if proc.stderr else ''}"
-    yield Server(int(found.group(1)), found.group(2), proc)
-    proc.terminate()
+    try:
+        yield Server(int(found.group(1)), found.group(2), proc)
+    finally:
+        proc.terminate()
     assert proc.wait(timeout=20) == 0
     assert proc.stderr is not None and PASSWORD not in proc.stderr.read()
 
@@ -234,7 +248,11 @@ def test_a_row_held_by_one_curator_is_not_decided_by_another(
     holder, other = web.signed_in(), web.signed_in()
     assert holder.get(f"/ns/{NS}/next").location == f"/ns/{NS}/rows/{row}"
     refused = other.act(row, "include")  # waits for the lock 3 s, then says why
-    assert refused.status == 409 and "another curator" in refused.text_of("error")
+    assert (refused.status, refused.location) == (303, f"/ns/{NS}/rows/{row}")
+    page = other.follow(refused)  # the row again, the line in #error, nothing changed
+    assert page.status == 200 and "another curator" in page.text_of("error")
+    assert f'data-row-id="{row}" data-state="pending"' in page.body
+    assert 'id="error"' not in other.get(f"/ns/{NS}/rows/{row}").body  # said once
     assert holder.act(row, "exclude").status == 303
     assert query(db_url, "SELECT excluded FROM p_openai_chat_completion")[0]["excluded"]
 
@@ -267,8 +285,10 @@ def test_a_postgres_login_works_as_that_login(
     assert audit and all(a == {"changed_by": login, "login": login} for a in audit)
     # what the login may not do in psql it may not do here: one line, not a traceback
     refused = b.post(f"/ns/{NS}/prompt", {"csrf": b.get("/").csrf(), "prompt": "short"})
-    assert refused.status == 403 and "permission denied" in refused.text_of("error")
-    assert "Traceback" not in refused.body
+    assert (refused.status, refused.location) == (303, "/")
+    page = b.follow(refused)
+    assert page.status == 200 and "permission denied" in page.text_of("error")
+    assert 'id="namespaces"' in page.body and "Traceback" not in page.body
 
 
 def test_a_login_without_grants_or_a_wrong_login_gets_a_clear_error(
@@ -320,7 +340,22 @@ def test_a_json_answer_takes_only_json_in_its_style(
     page = b.get(f"/ns/{NS}/rows/{row}")
     assert 'data-json="true"' in page.body and "&#34;city&#34;: &#34;Paris&#34;" in page.body
     bad = b.act(row, "correct", correction='{"city": "Lyon",')
-    assert bad.status == 400 and "not valid JSON" in bad.text_of("error")
+    assert (bad.status, bad.location) == (303, f"/ns/{NS}/rows/{row}")
+    again = b.follow(bad)  # the row page, the editor open on the refused text to fix
+    assert "not valid JSON" in again.text_of("error")
+    assert (
+        '<details id="editor" open>' in again.body
+        and "{&#34;city&#34;: &#34;Lyon&#34;,<" in again.body
+    )
+    assert (
+        b.request(
+            "POST",
+            f"/ns/{NS}/rows/{row}/correct",
+            {"csrf": again.csrf(), "correction": "{"},
+            html=False,
+        ).status
+        == 400
+    )
     assert (
         query(db_url, "SELECT corrected_response FROM p_openai_chat_completion")[0][
             "corrected_response"
@@ -465,6 +500,32 @@ def test_any_query_string_is_read_or_refused_in_one_line(query: dict[str, str]) 
     assert q.state in pages.STATES and q.flag in (None, *flags.REASONS)
     q.link(after=1)
     chat.flag_list(list(query.values()))  # any text is shown, as itself or with its meaning
+
+
+def test_without_the_tokenizer_files_the_namespaces_page_still_works(
+    db_url: str, rows: Callable[..., int], tmp_path: Path
+) -> None:
+    """Offline, no TIKTOKEN_CACHE_DIR copy: the count says why, the page works, and it
+    does not wait on the download (tried once per server, in a thread, bounded)."""
+    rows("where is Paris?")
+    query(db_url, "UPDATE namespace SET training_system_prompt = 'List places.' WHERE name = 'p'")
+    env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(tmp_path)}  # empty: tiktoken downloads
+    with serve(db_url, env) as server:
+        b = server.signed_in()
+        started = time.monotonic()
+        page = b.get("/")
+        took = time.monotonic() - started
+        assert page.status == 200, page.body
+        assert "cannot load the tiktoken encoding" not in page.body
+        shown = r'tokens: <span class="tokens-missing">tokenizer (files missing|still loading)'
+        assert re.search(shown, page.body)
+        assert (
+            f'<tr data-namespace="{NS}">' in page.body and ">List places.</textarea>" in page.body
+        )
+        assert took < counting.WAIT + 5, f"the page waited {took:.1f} s for the tokenizer"
+        again = b.get("/")  # the failed download is not tried again on each load
+        assert 'tokens: <span class="tokens-missing">tokenizer files missing' in again.body
+        assert b.follow(b.act(rows("where is Lyon?"), "include")).status == 200
 
 
 def test_a_session_ends_when_unused_for_its_idle_time() -> None:
@@ -633,3 +694,9 @@ def test_next_by_coverage_hands_out_one_row_per_group_first(
         r = b.get(r.location)
     assert sorted(truth[row] for row in shown) == [0, 1, 2]  # one row of each group
     assert b.get(f"/ns/{NS}/next?order=seen").status == 303  # back to most seen first
+
+
+def test_an_encoding_that_cannot_load_is_said_once_and_not_tried_again() -> None:
+    assert counting.unavailable("no_such_encoding_xyz") == counting.MISSING
+    assert counting.unavailable("no_such_encoding_xyz", wait=0.0) == counting.MISSING
+    assert counting.count("text", "no-such-model", None) == "?"

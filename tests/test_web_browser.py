@@ -238,10 +238,15 @@ def test_a_curator_cannot_do_in_the_page_what_psql_refuses(
     assert page.row_id() == target
     page.press("i")
     message = page.until(
-        lambda: next((e.text.strip() for e in page.all("#error, #status") if e.text.strip()), ""),
+        lambda: next((e.text.strip() for e in page.all("#error") if e.text.strip()), ""),
         "an error on the page",
     )
     assert "\n" not in message and "permission" in message.lower(), message
+    # refused: back on the row page (a GET, POST-redirect-GET), the row and its keys still there
+    assert page.driver.current_url == f"{page.server.base}/ns/locations/rows/{target}"
+    assert page.row_id() == target and page.all("button[data-action=include]")
+    page.driver.refresh()  # a reload sends nothing again, and the line was said once
+    assert page.row_id() == target and not page.all("#error")
     assert row(db_url, target) == {"included": None, "excluded": None, "corrected": None}
     assert audit(db_url, target) == []
 
@@ -324,6 +329,14 @@ def test_the_three_pages_with_demo_data(page: Page, db_url: str, conn: Conn) -> 
     page.wait("tr[data-namespace=locations]")
     assert page.all("tr[data-namespace=support]")
     assert page.all("form.prompt-form textarea[name=prompt]")
+    assert not page.one("#status").is_displayed()  # nothing to say: no blank band
+    for width in (1440, 1024):  # the training prompt has room to be read and edited
+        page.driver.set_window_size(width, 900)
+        shown = page.one("tr[data-prompt-of=locations] textarea").size["width"]
+        assert shown >= 0.6 * width, (width, shown)
+        assert "JSON array of names" in page.one(
+            "tr[data-prompt-of=locations] textarea"
+        ).get_attribute("value")
     page.screenshot("namespaces")
 
     page.open("/ns/locations/rows?state=pending")
@@ -334,6 +347,8 @@ def test_the_three_pages_with_demo_data(page: Page, db_url: str, conn: Conn) -> 
     assert str(len(waiting)) in page.one("#count").text
     shown = {int(r.get_attribute("data-row-id")) for r in page.all("tr[data-row-id]")}
     assert shown <= {r["id"] for r in waiting} and shown
+    marker = page.one(f"tr[data-row-id='{ids['flagged']}'] .flag")
+    assert "truncated" in marker.text and "truncated:" in marker.get_attribute("title")
     page.screenshot("rows")
 
     page.open("/ns/locations/rows?q=lyon")
@@ -350,6 +365,10 @@ def test_the_three_pages_with_demo_data(page: Page, db_url: str, conn: Conn) -> 
     page.wait(".message[data-role=assistant]")
     assert "geocode" in page.one("#row").text
     page.screenshot("row-tool-call")
+
+    page.open(f"/ns/locations/rows/{ids['flagged']}")
+    assert "truncated" in page.wait("#flags", visible=True).text
+    page.screenshot("row-flagged")
     assert csp_and_script_errors(page) == []
 
     more = {add_row(conn, "support", f"Ticket {n}", "On it.", included=False) for n in range(60)}

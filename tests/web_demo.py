@@ -1,5 +1,5 @@
 """Demo data for the web page's screenshots: a believable namespace a few dozen rows deep,
-in every state, with a tool call, feedback, a history, a dataset, a job and a served model."""
+in every state, with a tool call, a flagged row, feedback, a history, a dataset, a job and a served model."""
 
 from __future__ import annotations
 
@@ -119,6 +119,22 @@ def demo_namespace(conn: Conn) -> dict[str, int]:
         " completion_tokens = 21, times_seen = 3, first_seen_at = now() - interval '6 hours',"
         " last_seen_at = now() - interval '38 minutes' WHERE id = %s",
         [ids["tool"]],
+    )
+    ids["flagged"] = add_row(  # cut off by max_tokens: flagged, kept out until included
+        conn,
+        "locations",
+        "Road trip: Bordeaux, Toulouse, Montpellier, then along the coast to Genoa",
+        '["Bordeaux","Toulouse","Montpel',
+        included=False,
+        tags=TAGS,
+    )
+    conn.execute(
+        f"UPDATE {TABLE} SET flags = '{{truncated}}', model = 'gpt-4o-2024-08-06',"
+        " response = jsonb_set(response::jsonb, '{choices,0,finish_reason}', '\"length\"')::json,"
+        " prompt_tokens = 431, completion_tokens = 12, times_seen = 2,"
+        " first_seen_at = now() - interval '5 hours', last_seen_at = now() - interval '17 minutes'"
+        " WHERE id = %s",
+        [ids["flagged"]],
     )
     first = ids[CITIES[0][0]]  # a history: ana included it, bob put it back for review
     with conn.transaction():

@@ -18,7 +18,6 @@ from curation.curate import rows as curate_rows
 from curation.db import namespaces as db_namespaces
 from curation.db import web as db
 from curation.db.connect import Connection
-from curation.db.evals import decide_proposals
 from curation.errors import Conflict, CurationError, InvalidInput, NotFound
 from curation.web import auth, pages, view
 
@@ -68,6 +67,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
 async def prompt(request: web.Request) -> web.StreamResponse:
     """The namespace's short training prompt (empty: none); a curator login may lack the grant."""
     ns = pages.namespace(request)
+    request["back"] = "/"
     text = (await form(request)).get("prompt", "").strip() or None
     s = pages.session(request)
     await s.db(
@@ -149,11 +149,12 @@ def correct(conn: Connection, ns: str, row_id: int, f: dict[str, str], s: auth.S
 def proposal(accept: bool) -> Action:
     def decide(conn: Connection, ns: str, row_id: int, f: dict[str, str], s: auth.Session) -> Done:
         curate_rows.as_curator(conn, s.curator)
-        if not decide_proposals(conn, ns, [row_id], accept=accept):
+        # accepting includes the row, from the page that lists its flags: they are
+        # accepted and recorded, as review's `a` does (the same call)
+        if not flagged.decide_proposals(conn, ns, [row_id], accept=accept, accept_flags=True):
             curate_rows.get_row(conn, ns, row_id)  # NotFound for a row that is not there
             raise Conflict(f"row {row_id} has no proposal to {'accept' if accept else 'reject'}")
-        if accept:  # included, from the page that lists its flags: accepted, as include
-            flagged.accept(conn, ns, [row_id])
+        if accept:
             s.last = (ns, row_id)
             said = f"row {row_id} included with the proposal accepted as its correction"
             return Done(said, True, (ns, row_id))
@@ -187,9 +188,15 @@ async def decide(request: web.Request) -> web.StreamResponse:
     action = ACTIONS.get(request.match_info["action"])
     if action is None:
         raise web.HTTPNotFound(text=f"no action {request.match_info['action']!r}")
+    request["back"] = f"/ns/{ns}/rows/{row_id}"  # refused: back to the row, saying why
     f = await form(request)
     s = pages.session(request)
-    done = await s.db(_run, action, ns, row_id, f, s, commit=True)
+    try:
+        done = await s.db(_run, action, ns, row_id, f, s, commit=True)
+    except CurationError:
+        if action is correct:  # the row page offers the refused text again, not the answer
+            s.draft = (ns, row_id, f.get("correction", ""))
+        raise
     s.flash = done.said
     raise web.HTTPSeeOther(done.location(ns))
 

@@ -2,7 +2,9 @@
 
 A ``CurationError`` from a handler becomes
 the page's one-line ``#error`` with the status that fits (a permission the login
-lacks is a 403 saying so, never a traceback).
+lacks is a 403 saying so, never a traceback). A refused action (a POST whose handler
+named the page it came from in ``request["back"]``) goes back there instead, the line
+in the session for that page to show (POST-redirect-GET: a reload sends nothing again).
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ async def errors(request: web.Request, handler: auth.Handler) -> web.StreamRespo
         return await handler(request)
     except CurationError as exc:
         status = next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 503)
+        s: auth.Session | None = request.get("session")
+        back: str | None = request.get("back")
+        if back and s is not None and auth.wants_html(request):
+            s.failure = str(exc)
+            raise web.HTTPSeeOther(back) from exc
         if not auth.wants_html(request):
             return web.json_response({"error": str(exc)}, status=status)
         return render(request, "error.html", status=status, error=str(exc))

@@ -57,6 +57,8 @@ class Session:
     last: tuple[str, int] | None = None  # (namespace, row id) of the last decision: undo
     plans: dict[str, Plan] = field(default_factory=dict)  # next?order=coverage, per namespace
     flash: str | None = None  # what the next page says in #status
+    failure: str | None = None  # a refused action's line: the next page's #error
+    draft: tuple[str, int, str] | None = None  # a refused correction's text, to edit again
     busy: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def call(self, blocking: Callable[..., T], *args: Any) -> T:
@@ -70,6 +72,10 @@ class Session:
 
     def said(self) -> str | None:
         shown, self.flash = self.flash, None
+        return shown
+
+    def failed(self) -> str | None:
+        shown, self.failure = self.failure, None
         return shown
 
 

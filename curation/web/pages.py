@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,8 +25,8 @@ from curation.db import feedback as db_feedback
 from curation.db import web as db
 from curation.db.connect import Connection
 from curation.db.web import Link
-from curation.errors import CurationError, InvalidInput
-from curation.web import auth, chat, view
+from curation.errors import InvalidInput
+from curation.web import auth, chat, counting, view
 
 if TYPE_CHECKING:
     from curation.curate.coverage import Plan
@@ -75,28 +76,17 @@ async def home(request: web.Request) -> web.StreamResponse:
 def namespaces_overview(conn: Connection, models_file: Any) -> list[dict[str, Any]]:
     """Each namespace's line, with its training prompt's tokens beside the production
     prompt's (the one most of the latest calls carried; ``curation ns suggest-prompt``
-    reads all of them), counted as suggest-prompt counts them."""
+    reads all of them), counted as suggest-prompt counts them; without the tokenizer's
+    files, the line says so instead (``counting``) and the page works."""
     found = db.namespaces(conn)
     for ns in found:
         use = db.production_prompt(conn, ns["name"]) or {}
         model = ns["base_model"] or use.get("model") or COUNT_MODEL
-        ns["production_tokens"] = count_tokens(use.get("system_prompt"), model, models_file)
-        ns["training_tokens"] = count_tokens(ns["training_system_prompt"], model, models_file)
+        ns["tokens_missing"] = counting.why_not(model, models_file)
+        ns["production_tokens"] = counting.count(use.get("system_prompt"), model, models_file)
+        ns["training_tokens"] = counting.count(ns["training_system_prompt"], model, models_file)
         ns["counted_with"] = model
     return found
-
-
-def count_tokens(text: str | None, model: str, models_file: Any) -> int | str | None:
-    """Tokens of ``text`` as ``model`` counts them; a model without a tiktoken encoding: '?'."""
-    from curation.export import models, tokens  # tiktoken: only when a page counts
-
-    if text is None:
-        return None
-    try:
-        info = models.lookup(model, models_file)
-    except CurationError:
-        return "?"
-    return tokens.count_prompt(text, info) if info.encoding else "?"
 
 
 async def login_page(request: web.Request) -> web.StreamResponse:
@@ -104,7 +94,10 @@ async def login_page(request: web.Request) -> web.StreamResponse:
 
 
 def login_form(request: web.Request, error: str | None = None, status: int = 200) -> web.Response:
-    token = secrets.token_urlsafe(32)
+    # the token this browser already holds, if any: a sign-in page loaded twice (a reload,
+    # a restored tab) must not leave the first copy's form with a token the cookie lost
+    held = request.cookies.get(auth.LOGIN_COOKIE, "")
+    token = held if re.fullmatch(r"[A-Za-z0-9_-]{43}", held) else secrets.token_urlsafe(32)
     response = view.render(request, "login.html", status=status, error=error, login_csrf=token)
     auth.set_cookie(response, auth.LOGIN_COOKIE, token)
     return response
@@ -266,6 +259,10 @@ async def row(request: web.Request) -> web.StreamResponse:
     got = await s.db(row_page, ns, row_id)
     r = got["row"]
     editor, must_be_json = chat.editor_text(r)
+    draft, s.draft = s.draft, None
+    drafted = draft is not None and draft[:2] == (ns, row_id)
+    if draft is not None and drafted:  # a refused correction: the text to fix, not the answer
+        editor = draft[2]
     return view.render(
         request,
         "row.html",
@@ -280,6 +277,7 @@ async def row(request: web.Request) -> web.StreamResponse:
         tools=chat.tools(r.get("request")),
         tags=json.dumps(r.get("tags") or {}, ensure_ascii=False),
         editor=editor,
+        drafted=drafted,
         must_be_json=must_be_json,
         flags=chat.flag_list(r.get("flags")),
         **{k: v for k, v in got.items() if k != "row"},

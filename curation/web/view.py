@@ -38,6 +38,10 @@ SESSIONS = web.AppKey("sessions", auth.Sessions)
 def render(request: web.Request, template: str, status: int = 200, **values: Any) -> web.Response:
     s: auth.Session | None = request.get("session")
     html = TEMPLATES.get_template(template).render(
-        session=s, csrf=s.csrf if s else "", status=s.said() if s else None, **values
+        session=s,
+        csrf=s.csrf if s else "",
+        status=s.said() if s else None,
+        failure=s.failed() if s else None,
+        **values,
     )
     return web.Response(text=html, status=status, content_type="text/html")
