@@ -157,7 +157,7 @@ def test_revision_0006_on_a_filled_namespace(empty_db_url: str) -> None:
             " SELECT 'locations', 'prompt ' || g, '{}', 'gpt-4o', 1 + g % 7,"
             " CASE WHEN g % 3 = 0 THEN now() END FROM generate_series(1, 3000) g"
         )
-    migrate.upgrade(empty_db_url)
+    migrate.upgrade(empty_db_url, "0006")  # its own indexes (0010 adds more of the same names)
     with psycopg.connect(empty_db_url, autocommit=True, row_factory=dict_row) as c:
         built = c.execute(
             "SELECT count(*) AS n, bool_and(x.indisvalid) AS valid FROM pg_index x"
