@@ -105,6 +105,7 @@ class WebServer:
                     "127.0.0.1:0",
                     "--curator",
                     self.curator,
+                    "--allow-passwordless-logins",  # the test server trusts 127.0.0.1
                 ],
                 env=env,
                 cwd=ROOT,

@@ -97,6 +97,7 @@ CASES = [
     case("web", "--listen", "192.0.2.1:0", spawn=True),  # an address this machine lacks
     case("web", env={"CURATION_WEB_SESSION_IDLE": "forever"}, spawn=True),
     case("web", env={"CURATION_WEB_LISTEN": "nowhere"}, spawn=True),
+    case("web", "--allow-host", "evil.example/<x>", spawn=True),
     case("list", "nosuchns"),
     case("list", "p", login="unprivileged"),
     case("list", "p", "--limit", BIG),

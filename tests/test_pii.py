@@ -9,11 +9,12 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import example as case
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from curation.errors import PII_REFUSED
-from curation.export import pii
+from curation.export import pii, pii_detect
 from tests.cli import run, run_json
 from tests.factories import add_row
 from tests.fake_openai import FakeOpenAI
@@ -254,3 +255,70 @@ def test_submit_and_retrain_redact_upload_no_value(
     assert b"<EMAIL_1>" in uploaded and b"<SECRET_1>" in uploaded
     assert EMAIL.encode() not in uploaded and KEY.encode() not in uploaded
     assert len(fake_openai.jobs) == 1
+
+
+# -- the pre-check and the report's walk: faster, never different -------------
+
+FRAGMENTS = [
+    *(t for _, t in FOUND), *NEAR_MISSES, EMAIL, "a@b.co", "@", "\\u0040", "\\", '"', "{", "[",
+    "sk-", "k_live_", "ghp_", "github_pat_", "AKIA", "ASIA", "AIza", "xox", "eyJ", "Bearer ",
+    "2a00:", "::", ":", "81.2.", ".", "-", "/", "(", ")", " ", "\n", "GB", "DE89", "٣", "\uff15",
+]  # fmt: skip
+FULLWIDTH = str.maketrans("0123456789", "".join(chr(0xFF10 + i) for i in range(10)))
+TEXTS = st.lists(
+    st.sampled_from(FRAGMENTS) | st.text(alphabet="0123456789 .-/()@:aAZBJkx_\\", max_size=8),
+    max_size=8,
+).map("".join)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(TEXTS, st.sampled_from(["US", "DE", None]))
+@case("call +44 20 7946 0958 today".translate(FULLWIDTH), "US")  # \d: any digit, not [0-9]
+@case("call +٤٤ ٢٠ ٧٩٤٦ ٠٩٥٨", "US")
+@case("MT84MALT011000012345MTLCAST001S", None)
+def test_the_pre_check_never_hides_a_finding(text: str, region: str | None) -> None:
+    if not pii_detect.maybe(text):
+        assert pii_detect.find_all(text, region) == ()
+    assert pii.find(text, region) == pii_detect.find_all(text, region)
+
+
+def test_the_pre_check_passes_over_plain_text() -> None:
+    assert not pii_detect.maybe("I was born in town number 5321, then moved to city 436")
+    assert not pii_detect.maybe('["town number 5321", "city 436"]')
+    assert all(pii_detect.maybe(text) for _, text in FOUND)
+
+
+def full_scan(example: Any, *, redact: bool) -> tuple[Any, pii.Redactor]:
+    """The scan without its shortcuts: every string through every gated detector, every
+    JSON string parsed, every structure rebuilt (the walk redact mode takes)."""
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(pii, "find", pii_detect.find_all)
+        m.setattr(pii, "maybe", lambda text: True)
+        r = pii.Redactor(redact=True)
+        walked = r.walk(example)
+    return (walked if redact else example), r
+
+
+CONTENT = (
+    STRINGS
+    | JSON.map(json.dumps)
+    | JSON.map(lambda v: json.dumps(v).replace("@", "\\u0040"))  # escapes hide an '@'
+    | JSON.map(lambda v: json.dumps(v, ensure_ascii=False))
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["user", "tool"]), CONTENT), max_size=4), JSON)
+def test_report_and_redact_find_what_the_full_scan_finds(
+    turns: list[tuple[str, str]], arguments: Any
+) -> None:
+    example = {
+        "messages": [
+            *({"role": role, "content": content} for role, content in turns),
+            {"role": "assistant", "tool_calls": [{"function": {"arguments": arguments}}]},
+        ]
+    }
+    for redact in (False, True):
+        expected, full = full_scan(example, redact=redact)
+        out, found = pii.scan(example, redact=redact)
+        assert (out, found.counts, found.masked) == (expected, full.counts, full.masked)

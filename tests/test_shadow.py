@@ -241,6 +241,19 @@ def test_a_student_served_by_the_upstream_is_shadowed_there_with_the_clients_key
     assert shadowed[0].headers["Authorization"] == "Bearer sk-client-key"
 
 
+def test_a_student_answering_under_a_dated_name_is_stored_as_the_model_rolled_out(
+    db_url: str, conn: Conn, fake_openai: FakeOpenAI, start_proxy: Callable[..., ProxyProcess]
+) -> None:
+    """OpenAI answers gpt-4o-mini as gpt-4o-mini-2024-07-18: the decider and curation serve
+    filter on the configured model, so that is the one stored."""
+    serve(conn, None, serve_model="gpt-4o-mini")
+    proxy = start_proxy()
+    warm_up(db_url, proxy)
+    call_id, _, _ = ask(proxy, "I live in Lyon")
+    row = comparison(db_url, call_id)
+    assert row["agreed"] is True and row["student_model"] == "gpt-4o-mini"
+
+
 def respond(proxy: ProxyProcess, text: str, stream: bool = False) -> tuple[str, str, str]:
     """A Responses API call: (the call id the client got, the answer's model, its text)."""
     api = client(proxy).responses.with_raw_response

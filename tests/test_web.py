@@ -128,10 +128,15 @@ def web(db_url: str) -> Iterator[Server]:
 
 
 @contextlib.contextmanager
-def serve(db_url: str, env: dict[str, str] | None = None) -> Iterator[Server]:
-    """``curation web`` on a free port until the test ends (``env``: its environment)."""
+def serve(
+    db_url: str, env: dict[str, str] | None = None, *options: str, passwordless: bool = True
+) -> Iterator[Server]:
+    """``curation web`` on a free port until the test ends (``env``: its environment). The
+    test PostgreSQL trusts 127.0.0.1: login tests need ``--allow-passwordless-logins``."""
+    allow = ("--allow-passwordless-logins",) if passwordless else ()
     proc = subprocess.Popen(
-        [*CLI, "--database-url", db_url, "web", "--listen", "127.0.0.1:0", "--curator", "ana"],
+        [*CLI, "--database-url", db_url, "web", "--listen", "127.0.0.1:0", "--curator", "ana"]
+        + [*allow, *options],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

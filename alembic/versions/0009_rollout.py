@@ -55,10 +55,19 @@ CREATE TABLE shadow_comparison (
     teacher_completion_tokens integer,
     student_prompt_tokens integer,
     student_completion_tokens integer,
+    call_failed boolean NOT NULL DEFAULT false,
     created_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX shadow_comparison_recent_idx ON shadow_comparison (namespace, created_at DESC);
 CREATE INDEX shadow_comparison_call_idx ON shadow_comparison (call_id);
+-- the decider's and curation serve's reads (rollout.sql): a stage's answered comparisons
+-- newest first, its failed background calls, the disagreements (review --disagreements)
+CREATE INDEX shadow_comparison_answered_idx ON shadow_comparison (namespace, student_model, created_at DESC)
+    WHERE agreed IS NOT NULL;
+CREATE INDEX shadow_comparison_failed_idx ON shadow_comparison (namespace, student_model, created_at)
+    WHERE call_failed;
+CREATE INDEX shadow_comparison_disagreed_idx ON shadow_comparison (call_id, created_at)
+    WHERE agreed = false;
 COMMENT ON TABLE shadow_comparison IS 'One live comparison of a student with its teacher on the same call (shadow or watch); join recorded_call on call_id for the row.';
 COMMENT ON COLUMN shadow_comparison.call_id IS 'The client call''s X-Curation-Id (recorded_call.id once the writer has recorded it).';
 COMMENT ON COLUMN shadow_comparison.kind IS 'shadow: the teacher answered the client, the student was asked in the background; watch: the student answered, the teacher was asked in the background.';
@@ -66,20 +75,24 @@ COMMENT ON COLUMN shadow_comparison.teacher_answer IS 'The teacher''s assistant 
 COMMENT ON COLUMN shadow_comparison.student_answer IS 'The student''s assistant message.';
 COMMENT ON COLUMN shadow_comparison.agreed IS 'Whether the namespace''s comparator found the two answers equal; NULL when the background call failed (see error).';
 COMMENT ON COLUMN shadow_comparison.error IS 'Why the background call gave no answer to compare (timeout, status, connect).';
+COMMENT ON COLUMN shadow_comparison.call_failed IS 'The background call itself failed (timeout, an error status, no connection), not the comparator: for a shadow comparison the student failed, which counts against it in the rollout''s error rate.';
+COMMENT ON COLUMN shadow_comparison.created_at IS 'When the background call was launched (the database''s clock less the age the proxy measured), so it counts in the rollout stage it was launched under.';
 COMMENT ON COLUMN shadow_comparison.teacher_ms IS 'The teacher''s latency in milliseconds.';
 COMMENT ON COLUMN shadow_comparison.student_ms IS 'The student''s latency in milliseconds.';
 
 CREATE TABLE serving_tally (
     namespace text NOT NULL,
     proxy text NOT NULL,
-    minute timestamptz NOT NULL,
+    bucket timestamptz NOT NULL,
     student_calls integer NOT NULL DEFAULT 0,
     student_failures integer NOT NULL DEFAULT 0,
     background_calls integer NOT NULL DEFAULT 0,
     background_dropped integer NOT NULL DEFAULT 0,
-    PRIMARY KEY (namespace, proxy, minute)
+    PRIMARY KEY (namespace, proxy, bucket)
 );
-COMMENT ON TABLE serving_tally IS 'Per proxy and minute: calls the student answered or was asked to and how many failed (fell back), and background calls made or dropped over budget. Summed by the rollout decider.';
+CREATE INDEX serving_tally_bucket_idx ON serving_tally (namespace, bucket);
+COMMENT ON TABLE serving_tally IS 'Per proxy and 10-second bucket (pruned after a day by the rollout decider): calls the student answered or was asked to and how many failed (fell back), and background calls made or dropped over budget. Summed by the rollout decider.';
+COMMENT ON COLUMN serving_tally.bucket IS 'Start of the 10-second bucket the calls were counted in (the proxy''s clock).';
 COMMENT ON COLUMN serving_tally.proxy IS 'Which proxy process counted them (host:pid).';
 COMMENT ON COLUMN serving_tally.student_failures IS 'Student calls that failed: fell back to the teacher, or (streams) were cut after the first byte.';
 

@@ -20,11 +20,15 @@ if TYPE_CHECKING:  # psycopg itself is imported with the first query, not for `c
     from curation.db.connect import Connection
 
 CONNECT_TIMEOUT = 5
+MIN_IDLE_S = 15  # idle_session_timeout's floor: a slow tick must not end its own session
 
 
 class DeciderConnection:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, idle_s: float = 60) -> None:
+        """``idle_s``: the server ends the session after this long without a query (the
+        decider's tick queries every time, so pass a multiple of the tick)."""
         self.url = url
+        self.idle_s = max(MIN_IDLE_S, idle_s)
         self.leading = False
         self._conn: AsyncConnection | None = None
 
@@ -69,15 +73,25 @@ class DeciderConnection:
         import psycopg
         from psycopg.rows import dict_row
 
+        from curation.db import keepalive
+
         if self._conn is None or self._conn.closed:
             self.leading = False  # a new session holds no lock
-            self._conn = await psycopg.AsyncConnection.connect(
+            conn = await psycopg.AsyncConnection.connect(
                 self.url,
                 autocommit=True,
                 connect_timeout=CONNECT_TIMEOUT,
                 row_factory=dict_row,
                 application_name="curation-rollout",
+                **keepalive.CLIENT,
             )
+            try:
+                params = {**keepalive.SERVER, "idle": f"{int(self.idle_s * 1000)}ms"}
+                await conn.execute(queries.get("rollout_session"), params)
+            except BaseException:
+                await conn.close()
+                raise
+            self._conn = conn
         return self._conn
 
 

@@ -2,8 +2,8 @@
 
 A comparison (proxy/shadow.py) waits in a bounded queue in memory and goes to
 PostgreSQL with the others every couple of seconds; the serving tallies are
-added up in memory per namespace and minute and upserted as increments at the
-same pace, so any number of proxies add to the same minute. Nothing here is on
+added up in memory per namespace and 10-second bucket and upserted as increments
+at the same pace, so any number of proxies add to the same bucket. Nothing here is on
 a client's path: a full queue drops the new comparison, PostgreSQL away drops
 the batch (both told to ``on_drop`` and logged once per outage), and tallies
 wait for the next flush (the rollout decider reads them; they are small).
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -34,6 +35,7 @@ log = logging.getLogger("curation.shadow")
 TALLIES = ("student_calls", "student_failures", "background_calls", "background_dropped")
 FLUSH_SECONDS = 2.0
 MAX_QUEUE = 10_000  # comparisons waiting for PostgreSQL; more are dropped
+BUCKET_SECONDS = 10  # serving_tally's granularity (rollout.sql's error window)
 KEEP_TALLY_MINUTES = 15  # tallies PostgreSQL could not take are kept this long, then dropped
 
 
@@ -56,17 +58,24 @@ class Comparison:
     teacher_completion_tokens: int | None = None
     student_prompt_tokens: int | None = None
     student_completion_tokens: int | None = None
+    call_failed: bool = False  # the background call failed: timeout, status, connect
+    launched: float | None = None  # time.monotonic() when the background call started
 
     def params(self) -> dict[str, Any]:
+        """The row; created_at is the launch: the database's now() less the age this proxy
+        measured on its monotonic clock (no clock skew between proxy and database)."""
         out = asdict(self)
+        age = 0.0 if self.launched is None else time.monotonic() - self.launched
+        out["age_s"] = max(0.0, age)
         for key in ("teacher_answer", "student_answer"):
             if out[key] is not None:  # json takes \u0000, but the curator's jsonb views do not
                 out[key] = orjson.dumps(out[key]).decode().replace("\\u0000", "\\ufffd")
         return out
 
 
-def minute_of(now: float) -> datetime:
-    return datetime.fromtimestamp(now // 60 * 60, UTC)
+def bucket_of(now: float) -> datetime:
+    """The tally bucket ``now`` falls in: short, so an error window starts near its stage."""
+    return datetime.fromtimestamp(now // BUCKET_SECONDS * BUCKET_SECONDS, UTC)
 
 
 class ShadowStore:
@@ -100,8 +109,8 @@ class ShadowStore:
         return True
 
     def count(self, namespace: str, what: str, now: float, n: int = 1) -> None:
-        """Add ``n`` to this minute's tally ``what`` (one of ``TALLIES``) of ``namespace``."""
-        self.tallies.setdefault((namespace, minute_of(now)), Counter())[what] += n
+        """Add ``n`` to this bucket's tally ``what`` (one of ``TALLIES``) of ``namespace``."""
+        self.tallies.setdefault((namespace, bucket_of(now)), Counter())[what] += n
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="curation-shadow-store")
@@ -165,9 +174,9 @@ class ShadowStore:
         self, conn: AsyncConnection, tallies: dict[tuple[str, datetime], Counter[str]]
     ) -> None:
         rows = [
-            {"namespace": ns, "proxy": self.proxy, "minute": minute}
+            {"namespace": ns, "proxy": self.proxy, "bucket": bucket}
             | {what: counts[what] for what in TALLIES}
-            for (ns, minute), counts in sorted(tallies.items())
+            for (ns, bucket), counts in sorted(tallies.items())
         ]
         async with conn.cursor() as cur, conn.transaction():
             await cur.executemany(queries.get("serving_tally_add"), rows)
@@ -181,7 +190,7 @@ class ShadowStore:
         if self.database_ok:
             log.warning("shadow comparisons are dropped while PostgreSQL cannot take them: %s", exc)
         self.database_ok = False
-        oldest = minute_of(datetime.now(UTC).timestamp() - KEEP_TALLY_MINUTES * 60)
+        oldest = bucket_of(datetime.now(UTC).timestamp() - KEEP_TALLY_MINUTES * 60)
         for key, counts in tallies.items():
             if key[1] >= oldest:
                 self.tallies.setdefault(key, Counter()).update(counts)

@@ -25,12 +25,26 @@ from curation.errors import Conflict, CurationError, DatabaseUnavailable, Permis
 T = TypeVar("T")
 COUNT_CAP = 1000  # a filtered rows page counts up to this many, then says "1000+"
 PROMPT_SAMPLE = 1000  # the namespaces page finds the production prompt in this many latest rows
+# libpq skips a passfile that does not exist: a sign-in never falls back to the server's ~/.pgpass
+NO_PASSFILE = "/nonexistent/curation-web/no-passfile"
+NO_PASSWORD_CHECK = (
+    "this PostgreSQL does not check passwords (trust/peer auth); "
+    "sign in with the token link curation web printed"
+)
 
 
 def login_url(url: str, user: str, password: str) -> str:
-    """``url`` (host, port, database) with another login."""
-    params = connect.check_url(url)
-    return conninfo.make_conninfo(**{**params, "user": user, "password": password})
+    """``url`` (host, port, database, sslmode) with another login, and only the password
+    given: no passfile, no service file's."""
+    params = {k: v for k, v in connect.check_url(url).items() if k not in ("service", "passfile")}
+    return conninfo.make_conninfo(
+        **{**params, "user": user, "password": password, "passfile": NO_PASSFILE}
+    )
+
+
+def escape_like(text: str) -> str:
+    """``text`` matched literally by ILIKE (backslash is PostgreSQL's default ESCAPE)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 class Link:
@@ -42,15 +56,19 @@ class Link:
     ``run`` commits when nothing is claimed, so no read leaves a transaction open.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, password_checked: bool = False) -> None:
         self._url = url
         self._conn: Connection | None = None
         self._lock = threading.Lock()
         self.claimed: int | None = None
+        # a login session: a server that let it in without checking its password
+        # (trust, peer) would let anyone in as anyone, so its connections are refused
+        self.password_checked = password_checked
+        self.closed = False  # signed out: a request racing the sign-out opens nothing
 
     def check(self) -> None:
-        """Connect now: a wrong login or password fails the sign-in, not a later page,
-        saying what the server said (``role "x" does not exist``), not where it is."""
+        """Connect now: a wrong login or password fails the sign-in, not a later page.
+        PostgreSQL's reason (``role "x" does not exist``) is for the server's log only."""
         try:
             self.run(lambda conn: None)
         except DatabaseUnavailable as exc:
@@ -76,6 +94,9 @@ class Link:
 
     def _run(self, work: Callable[[Connection], T], commit: bool) -> T:
         conn = self._open()
+        held = self.claimed is not None
+        if held:  # a refused action or failed read undoes itself, not the claim
+            conn.execute(queries.get("web_savepoint"))
         try:
             result = work(conn)
             if commit or self.claimed is None:
@@ -83,13 +104,26 @@ class Link:
                 self.claimed = None
             return result
         except psycopg.OperationalError as exc:
-            self._abandon(conn)
+            if not (held and self._back_to_savepoint(conn)):
+                self._abandon(conn)
             if self._conn is not None:  # the connection survived: the statement failed
                 raise _translate(self._url, exc) from exc
             raise
         except BaseException:
-            self._abandon(conn)
+            if not (held and self._back_to_savepoint(conn)):
+                self._abandon(conn)
             raise
+
+    def _back_to_savepoint(self, conn: Connection) -> bool:
+        """Undo the failed request only; False: the claim is gone too (a broken
+        connection, or ``work`` committed and took the savepoint with it)."""
+        if conn.closed or conn.broken or self.claimed is None:
+            return False
+        try:
+            conn.execute(queries.get("web_rollback_to_savepoint"))
+        except psycopg.Error:
+            return False
+        return True
 
     def claim(
         self,
@@ -113,16 +147,40 @@ class Link:
         return self.run(next_row)
 
     def close(self) -> None:
+        """For good (sign-out, an ended session): no later request opens it again."""
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-                self.claimed = None
+            self.closed = True
+            self._close()
+
+    def rest(self) -> bool:
+        """Close an idle connection that holds no row (the next request opens it again);
+        False: it is busy or holds a row."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if self.claimed is not None:
+                return False
+            self._close()
+            return True
+        finally:
+            self._lock.release()
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self.claimed = None
 
     def _open(self) -> Connection:
+        if self.closed:
+            raise PermissionDenied("this session has ended; sign in again")
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = connect.open_connection(self._url)
             self.claimed = None
+            if self.password_checked and not self._conn.pgconn.used_password:
+                self._conn.close()
+                self._conn = None
+                raise PermissionDenied(NO_PASSWORD_CHECK)
             try:
                 self._conn.execute(queries.get("web_session"))
                 self._conn.commit()
@@ -210,6 +268,8 @@ def rows_page(
     from psycopg.types.json import Jsonb
 
     args = {**params, "namespace": namespace, "after": after, "limit": limit, "cap": COUNT_CAP}
+    if args.get("search") is not None:  # a substring: % and _ are characters, not wildcards
+        args["search"] = escape_like(args["search"])
     if args.get("tag") is not None:
         args["tag"] = Jsonb(args["tag"])
     paged = [*filters, "web_after"] if after is not None else list(filters)

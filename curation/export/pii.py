@@ -22,7 +22,7 @@ import orjson
 
 # find and DEFAULT_REGION are read as pii.find, pii.DEFAULT_REGION (export, tests)
 from curation.export.pii_detect import DEFAULT_REGION as DEFAULT_REGION
-from curation.export.pii_detect import KINDS, Found
+from curation.export.pii_detect import KINDS, Found, maybe
 from curation.export.pii_detect import find as find
 
 MODES = ("report", "redact", "refuse")
@@ -68,12 +68,14 @@ class Redactor:
         """A string that may hold JSON (an answer, tool arguments): redacted inside it."""
         stripped = value.lstrip()
         if stripped[:1] in ("{", "["):
+            if "\\" not in value and not maybe(value):
+                return value  # its values and keys are its substrings: nothing in them either
             try:
                 parsed = orjson.loads(value)
             except orjson.JSONDecodeError:
                 return self.text(value)
             walked = self.walk(parsed)
-            if walked == parsed:
+            if walked is parsed or walked == parsed:
                 return value
             return orjson.dumps(walked).decode()
         return self.text(value)
@@ -81,6 +83,12 @@ class Redactor:
     def walk(self, value: Any, key: str | None = None) -> Any:
         """``value`` with every string (but roles, ids, names and tool schemas) scanned."""
         if key in SKIPPED_KEYS:
+            return value
+        if not self.redact:
+            if isinstance(value, str) and key in ("content", "arguments"):
+                self.string(value)
+            else:
+                self._visit(value)
             return value
         if isinstance(value, str):
             return self.string(value) if key in ("content", "arguments") else self.text(value)
@@ -97,12 +105,39 @@ class Redactor:
             return redacted if redacted != digits else value
         return value
 
+    def _visit(self, value: Any) -> None:
+        """``walk`` for a report: the same strings in the same order, nothing rebuilt."""
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if k in SKIPPED_KEYS:
+                    continue  # an identifier: walk neither scans it nor its value
+                if not k.isidentifier():
+                    self.text(k)
+                if isinstance(v, str) and k in ("content", "arguments"):
+                    self.string(v)
+                elif isinstance(v, str):
+                    self.text(v)
+                else:
+                    self._visit(v)
+        elif isinstance(value, list):
+            for v in value:
+                self._visit(v)
+        elif isinstance(value, str):
+            self.text(value)
+        elif isinstance(value, int) and not isinstance(value, bool) and value > 10**12:
+            self.text(str(value))
+
 
 def scan(
-    example: dict[str, Any], *, redact: bool, region: str | None = DEFAULT_REGION
+    example: dict[str, Any],
+    *,
+    redact: bool,
+    region: str | None = DEFAULT_REGION,
+    clean: Redactor | None = None,
 ) -> tuple[dict[str, Any], Redactor]:
-    """The example (redacted when asked) and what was found in it."""
-    r = Redactor(region=region, redact=redact)
+    """The example (redacted when asked) and what was found in it. ``clean``: a Redactor
+    of the same region and mode that found nothing yet, used instead of a new one."""
+    r = clean or Redactor(region=region, redact=redact)
     walked = r.walk(example)
     return (walked if redact else example), r
 
@@ -141,12 +176,19 @@ class Tally:
     counts: Counter[str] = field(default_factory=Counter)
     rows: list[dict[str, Any]] = field(default_factory=list)
     row_count: int = 0
+    # the last example's Redactor while it found nothing: most examples need no new one
+    _clean: Redactor | None = field(default=None, repr=False, compare=False)
 
     def scan(
         self, row_id: int, example: dict[str, Any], mode: str, region: str | None
     ) -> dict[str, Any]:
         """The example to write (redacted in redact mode), its findings counted."""
-        out, r = scan(example, redact=mode == "redact", region=region)
+        redact = mode == "redact"
+        clean = self._clean
+        if clean is not None and (clean.region, clean.redact) != (region, redact):
+            clean = None
+        out, r = scan(example, redact=redact, region=region, clean=clean)
+        self._clean = None if r.counts else r
         if r.counts:
             self.counts.update(r.counts)
             self.row_count += 1

@@ -82,6 +82,7 @@ class Asked:
     answer: live.Answer | None
     ms: float | None
     error: str | None = None
+    failed: bool = False  # the call itself failed (timeout, status, connect): the model's fault
 
 
 class Background:
@@ -151,6 +152,7 @@ class Background:
             log.exception("%s: a %s comparison failed", job.namespace, job.kind)
 
     async def _compare_one(self, session: aiohttp.ClientSession, job: Job) -> None:
+        launched = time.monotonic()  # the comparison counts in the stage it was launched in
         try:
             known: live.Answer | None = live.answer_of(
                 job.answer, job.streamed, job.encoding, api=job.api
@@ -163,7 +165,7 @@ class Background:
         if known is not None and asked.answer is not None:
             teacher, pupil = (known, asked.answer) if job.kind == SHADOW else (asked.answer, known)
             agreed, error = await self._agree(job.namespace, job.served.compare, teacher, pupil)
-        self._store(job, known, asked, agreed, error)
+        self._store(job, known, asked, agreed, error, launched)
 
     async def _ask(self, session: aiohttp.ClientSession, job: Job) -> Asked:
         url, headers, body = self._request(job)
@@ -178,12 +180,12 @@ class Background:
                 ) as response:
                     data = await response.read()
         except TimeoutError:
-            return Asked(None, None, f"timeout: no answer within {timeout:g}s")
+            return Asked(None, None, f"timeout: no answer within {timeout:g}s", failed=True)
         except aiohttp.ClientError as exc:
-            return Asked(None, None, f"connect: {type(exc).__name__}")
+            return Asked(None, None, f"connect: {type(exc).__name__}", failed=True)
         ms = (time.perf_counter() - t0) * 1000
         if not 200 <= response.status < 300:
-            return Asked(None, ms, f"status {response.status}")
+            return Asked(None, ms, f"status {response.status}", failed=True)
         try:
             answer = live.answer_of(
                 data, encoding=response.headers.get("Content-Encoding"), api=job.api
@@ -238,6 +240,7 @@ class Background:
         asked: Asked,
         agreed: bool | None,
         error: str | None,
+        launched: float,
     ) -> None:
         result = "error" if agreed is None else ("agree" if agreed else "disagree")
         self.metrics.comparisons.labels(job.namespace, job.kind, result).inc()
@@ -255,11 +258,13 @@ class Background:
                 namespace=job.namespace,
                 kind=job.kind,
                 teacher_model=teacher.model if teacher else None,
-                student_model=pupil.model if pupil and pupil.model else job.served.model,
+                student_model=job.served.model,  # the rollout's model, not the dated name it answers as
                 teacher_answer=teacher.message if teacher else None,
                 student_answer=pupil.message if pupil else None,
                 agreed=agreed,
                 error=error,
+                call_failed=asked.failed,
+                launched=launched,
                 teacher_ms=teacher_ms,
                 student_ms=student_ms,
                 teacher_prompt_tokens=teacher.prompt_tokens if teacher else None,

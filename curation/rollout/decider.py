@@ -50,7 +50,7 @@ class Decider:
     ) -> None:
         self.interval = interval
         self.name = name or process_name()
-        self.db = DeciderConnection(url)
+        self.db = DeciderConnection(url, idle_s=20 * interval)
         self._task: asyncio.Task[None] | None = None
         self._outage: str | None = None  # logged once per outage
         self._unreadable: set[str] = set()  # namespaces whose rollout JSON was logged as bad

@@ -21,12 +21,15 @@ from aiohttp import web
 
 from curation.errors import Conflict, CurationError, InvalidInput, NotFound, PermissionDenied
 from curation.web import actions, auth, pages
-from curation.web.view import CONFIG, SESSIONS, Config, render
+from curation.web.view import CONFIG, HOSTS, SESSIONS, Config, render
 
 log = logging.getLogger("curation.web")
 STATIC = Path(__file__).parent / "static"
 STATUS = {InvalidInput: 400, PermissionDenied: 403, NotFound: 404, Conflict: 409}
 SWEEP_SECONDS = 60.0
+# a correction of MAX_FIELD characters, form-encoded (up to 12 bytes a character), fits
+MAX_BODY = 16 * 1024 * 1024
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
 @web.middleware
@@ -52,9 +55,14 @@ async def errors(request: web.Request, handler: auth.Handler) -> web.StreamRespo
 
 def make_app(config: Config) -> web.Application:
     sessions = auth.Sessions(config.idle)
-    app = web.Application(middlewares=[auth.headers, auth.guard(sessions), errors])
+    hosts = auth.Hosts(config.host, config.allow_hosts)
+    app = web.Application(
+        middlewares=[auth.headers, auth.origin(hosts), auth.guard(sessions), errors],
+        client_max_size=MAX_BODY,
+    )
     app[CONFIG] = config
     app[SESSIONS] = sessions
+    app[HOSTS] = hosts
     app.router.add_get("/", pages.home)
     app.router.add_get("/login", pages.login_page)
     app.router.add_post("/login", actions.login)
@@ -76,6 +84,7 @@ async def _sweeper(app: web.Application) -> Any:
         while True:
             await asyncio.sleep(SWEEP_SECONDS)
             await asyncio.to_thread(auth.close_all, app[SESSIONS].expired())
+            await asyncio.to_thread(auth.rest_all, app[SESSIONS].resting())
 
     task = asyncio.create_task(sweep())
     yield
@@ -93,7 +102,8 @@ def serve(config: Config, host: str, port: int) -> None:
 
 
 async def _serve(config: Config, host: str, port: int) -> None:
-    runner = web.AppRunner(make_app(config), access_log=None)
+    app = make_app(config)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:
@@ -106,8 +116,23 @@ async def _serve(config: Config, host: str, port: int) -> None:
     server = getattr(site, "_server", None)
     sockets = getattr(server, "sockets", None) or []
     bound = sockets[0].getsockname()[1] if sockets else port
+    app[HOSTS].port = bound
     shown = f"[{host}]" if ":" in host else host
     print(f"curation web: http://{shown}:{bound}/?token={config.token}", flush=True)
+    if host not in LOOPBACK_HOSTS:
+        print(
+            f"curation web: warning: {host} is not loopback and this is plain HTTP: "
+            "passwords and cookies cross the network readable; put it behind a TLS reverse proxy",
+            file=sys.stderr,
+            flush=True,
+        )
+    if config.passwordless_logins:
+        print(
+            "curation web: warning: --allow-passwordless-logins: on a trust/peer-auth "
+            "PostgreSQL anyone may sign in as any login (development and tests only)",
+            file=sys.stderr,
+            flush=True,
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -12,6 +12,7 @@ and with that any row it held.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import secrets
 import time
@@ -41,6 +42,9 @@ HEADERS = {
     "Cache-Control": "no-store",
 }
 OPEN_PATHS = ("/login", "/static/")  # reachable without a session
+MAX_SESSIONS = 64  # beyond: the longest unused session ends (each holds a connection)
+REST_SECONDS = 300.0  # an idle session's connection holding no row is closed (reopened on use)
+LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
 
 
 @dataclass
@@ -91,6 +95,23 @@ class Sessions:
         self._all[s.id] = s
         return s
 
+    def make_room(self, replaced: str | None) -> list[Session]:
+        """Before a sign-in: forget the browser's current session (``replaced``) and, at
+        MAX_SESSIONS, the longest unused; return them, to close their connections."""
+        gone = [s for s in [self._all.get(replaced or "")] if s is not None]
+        for s in gone:
+            self.drop(s)
+        while len(self._all) >= MAX_SESSIONS:
+            oldest = min(self._all.values(), key=lambda s: s.seen)
+            self.drop(oldest)
+            gone.append(oldest)
+        return gone
+
+    def resting(self) -> list[Session]:
+        """Sessions unused for REST_SECONDS: their connections may close (``Link.rest``)."""
+        now = time.monotonic()
+        return [s for s in self._all.values() if now - s.seen > REST_SECONDS]
+
     def get(self, session_id: str | None) -> Session | None:
         s = self._all.get(session_id or "")
         if s is None:
@@ -128,13 +149,68 @@ def close_all(gone: list[Session]) -> None:
         s.link.close()
 
 
+def rest_all(idle: list[Session]) -> None:
+    for s in idle:
+        s.link.rest()
+
+
+async def begin(
+    request: web.Request, sessions: Sessions, curator: str, login: str | None, link: Link
+) -> web.HTTPSeeOther:
+    """A new session for this browser (its previous one ends) and the redirect that
+    sets its cookie."""
+    gone = sessions.make_room(request.cookies.get(COOKIE))
+    await asyncio.to_thread(close_all, gone)
+    s = sessions.start(curator, login, link)
+    response = web.HTTPSeeOther("/")
+    set_cookie(response, COOKIE, s.id, secure=request.secure)
+    return response
+
+
+def signed(secret: bytes, nonce: str) -> str:
+    """The sign-in form's CSRF token: a nonce and its HMAC under the server's per-process
+    secret, so a cookie planted by another site on localhost (any port) is not accepted."""
+    mac = hmac.new(secret, nonce.encode(), hashlib.sha256).hexdigest()[:32]
+    return f"{nonce}.{mac}"
+
+
+def genuine(secret: bytes, token: str) -> bool:
+    nonce, _, _mac = token.partition(".")
+    return bool(nonce) and same(token, signed(secret, nonce))
+
+
+class Hosts:
+    """The names a request may address this server by (its Host header, and a POST's
+    Origin): the bound host and loopback names with the bound port, and ``--allow-host``
+    names with any port. Anything else is DNS rebinding or a stray proxy: 403."""
+
+    def __init__(self, host: str, allowed: tuple[str, ...]) -> None:
+        bound = f"[{host}]" if ":" in host else host
+        self.local = {bound.lower(), *LOOPBACK}
+        self.allowed = {name.lower() for name in allowed}
+        self.port: int | None = None  # known once bound (--listen port 0: any free one)
+
+    def accepts(self, netloc: str) -> bool:
+        netloc = netloc.lower()
+        name, sep, port = netloc.rpartition(":") if not netloc.endswith("]") else ("", "", "")
+        if not sep or not port.isdigit():
+            name, port = netloc, ""
+        if name in self.allowed:
+            return True
+        here = str(self.port)
+        return name in self.local and (port == here or (not port and here == "80"))
+
+
 def same(given: str | None, expected: str) -> bool:
     """Constant-time comparison of a secret the browser sent."""
     return given is not None and hmac.compare_digest(given.encode(), expected.encode())
 
 
-def set_cookie(response: web.StreamResponse, name: str, value: str) -> None:
-    response.set_cookie(name, value, httponly=True, samesite="Strict", path="/")
+def set_cookie(
+    response: web.StreamResponse, name: str, value: str, *, secure: bool = False
+) -> None:
+    """``secure``: the request came over HTTPS (never sent back over plain HTTP)."""
+    response.set_cookie(name, value, httponly=True, samesite="Strict", path="/", secure=secure)
 
 
 def wants_html(request: web.Request) -> bool:
@@ -163,6 +239,30 @@ async def headers(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise
     response.headers.update(HEADERS)
     return response
+
+
+def origin(hosts: Hosts) -> Any:
+    """Only requests addressed to this server by a name it answers to (DNS rebinding
+    sends the attacker's name); a POST from a page of another origin is refused too."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not hosts.accepts(request.headers.get("Host", "")):
+            raise web.HTTPForbidden(text="unknown Host: open the link curation web printed")
+        sent = request.headers.get("Origin")
+        if request.method == "POST" and sent is not None:
+            scheme, sep, netloc = sent.partition("://")
+            if not sep or scheme not in ("http", "https") or not hosts.accepts(netloc):
+                raise web.HTTPForbidden(text="a form of another site: refused")
+        return await handler(request)
+
+    return middleware
+
+
+def same_site(request: web.Request) -> bool:
+    """A GET that changes something (next pending lets go of a row, claims one, and may
+    plan a coverage order): only from this page or the address bar, when the browser says."""
+    return request.headers.get("Sec-Fetch-Site", "none") in ("same-origin", "none")
 
 
 def guard(sessions: Sessions) -> Any:

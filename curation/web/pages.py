@@ -46,6 +46,7 @@ STATES = (
 )
 COUNT_MODEL = "gpt-4o-mini-2024-07-18"  # counts tokens when a namespace names no model
 SHOWN_FEEDBACK = 20
+DIGITS = re.compile(r"[0-9]{1,19}")  # str.isdigit() takes "²", which int() refuses
 
 
 def session(request: web.Request) -> auth.Session:
@@ -64,10 +65,7 @@ async def home(request: web.Request) -> web.StreamResponse:
         if not auth.same(request.query.get("token"), config.token):
             return view.render(request, "error.html", status=403, error="wrong sign-in token")
         sessions = request.app[view.SESSIONS]
-        s = sessions.start(config.curator, None, Link(config.url))
-        response = web.HTTPSeeOther("/")
-        auth.set_cookie(response, auth.COOKIE, s.id)
-        raise response
+        raise await auth.begin(request, sessions, config.curator, None, Link(config.url))
     s = session(request)
     found = await s.db(namespaces_overview, config.models_file)
     return view.render(request, "namespaces.html", namespaces=found)
@@ -96,10 +94,11 @@ async def login_page(request: web.Request) -> web.StreamResponse:
 def login_form(request: web.Request, error: str | None = None, status: int = 200) -> web.Response:
     # the token this browser already holds, if any: a sign-in page loaded twice (a reload,
     # a restored tab) must not leave the first copy's form with a token the cookie lost
+    secret = request.app[view.CONFIG].secret
     held = request.cookies.get(auth.LOGIN_COOKIE, "")
-    token = held if re.fullmatch(r"[A-Za-z0-9_-]{43}", held) else secrets.token_urlsafe(32)
+    token = held if auth.genuine(secret, held) else auth.signed(secret, secrets.token_urlsafe(32))
     response = view.render(request, "login.html", status=status, error=error, login_csrf=token)
-    auth.set_cookie(response, auth.LOGIN_COOKIE, token)
+    auth.set_cookie(response, auth.LOGIN_COOKIE, token, secure=request.secure)
     return response
 
 
@@ -130,7 +129,7 @@ class RowQuery:
             raise InvalidInput(f"flag {flag!r}: use one of {', '.join(auto_flags.REASONS)}")
         if any("\x00" in str(v) for v in query.values()):
             raise InvalidInput("a filter holds a NUL character")
-        if after is not None and not (after.isdigit() and 0 < int(after) <= ROW_ID_MAX):
+        if after is not None and not (DIGITS.fullmatch(after) and 0 < int(after) <= ROW_ID_MAX):
             raise InvalidInput(f"after {after!r}: use a row id")
         try:
             return cls(
@@ -203,8 +202,10 @@ async def next_pending(request: web.Request) -> web.StreamResponse:
     (the session keeps that order for the namespace until ``?order=seen``)."""
     ns = namespace(request)
     s = session(request)
+    if not auth.same_site(request):
+        raise web.HTTPForbidden(text="next pending from another site: open it from the page")
     skip = s.skipped.setdefault(ns, [])
-    if "skip" in request.query and request.query["skip"].isdigit():
+    if "skip" in request.query and DIGITS.fullmatch(request.query["skip"]):
         skip.append(int(request.query["skip"]))
         s.flash = f"row {request.query['skip']} skipped"
     order = request.query.get("order")

@@ -3,7 +3,8 @@ and the templates (autoescaped: no row value is ever marked safe)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,11 @@ class Config:
     token: str
     idle: float = 8 * 3600.0
     models_file: Path | None = None
+    host: str = "127.0.0.1"  # the bound host: a name requests may use (auth.Hosts)
+    allow_hosts: tuple[str, ...] = ()  # --allow-host: more such names
+    # --allow-passwordless-logins: for development and tests on a trust-auth server only
+    passwordless_logins: bool = False
+    secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))  # signs login CSRF
 
 
 TEMPLATES = jinja2.Environment(
@@ -33,6 +39,7 @@ TEMPLATES = jinja2.Environment(
 )
 CONFIG = web.AppKey("config", Config)
 SESSIONS = web.AppKey("sessions", auth.Sessions)
+HOSTS = web.AppKey("hosts", auth.Hosts)
 
 
 def render(request: web.Request, template: str, status: int = 200, **values: Any) -> web.Response:

@@ -3,6 +3,18 @@
 -- (a proxy that dies releases it, and the next one to ask takes over).
 SELECT pg_try_advisory_lock(hashtext('curation_rollout')) AS locked
 
+-- name: rollout_session
+-- The decider's session (db/keepalive.py): the server ends it when its host goes
+-- silent (keepalives, ~30 s) or when it idles past %(idle)s (the decider queries
+-- every tick, so only a stuck or vanished decider idles that long), which releases
+-- the advisory lock for the next decider. No query of the decider waits past 5 s.
+SELECT set_config('tcp_keepalives_idle', %(tcp_keepalives_idle)s, false),
+       set_config('tcp_keepalives_interval', %(tcp_keepalives_interval)s, false),
+       set_config('tcp_keepalives_count', %(tcp_keepalives_count)s, false),
+       set_config('tcp_user_timeout', %(tcp_user_timeout)s, false),
+       set_config('statement_timeout', '5s', false),
+       set_config('idle_session_timeout', %(idle)s, false)
+
 -- name: rollout_active
 SELECT name, serve_model, serve_percent, rollout, rollout->>'stage' AS stage,
        rollout->>'since' AS since

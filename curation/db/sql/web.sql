@@ -86,7 +86,16 @@ LIMIT 1
 -- list_rows ``answer``). This expression is revision 0010's answer_trgm index's,
 -- character for character: the planner matches them, so a rare term is two
 -- trigram index lookups (0006's prompt_trgm and 0010's answer_trgm), OR-ed.
+-- %(search)s comes with %, _ and backslash escaped (db/web.py escape_like): a substring.
 AND (user_prompt::text ILIKE '%%' || %(search)s || '%%'
      OR coalesce(corrected_response->>'content', response->'choices'->0->'message'->>'content',
                  (response->'choices'->0->'message'->'tool_calls')::text,
                  curation_response_text(response)) ILIKE '%%' || %(search)s || '%%')
+
+-- name: web_savepoint
+-- Before each request of a session that holds a claimed row: a refused action
+-- or a failed read rolls back to here, and the row stays claimed.
+SAVEPOINT web_request
+
+-- name: web_rollback_to_savepoint
+ROLLBACK TO SAVEPOINT web_request
