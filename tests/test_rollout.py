@@ -59,9 +59,9 @@ def compare(conn: Conn, agreed: int, disagreed: int = 0) -> None:
 
 def tally(conn: Conn, calls: int, failures: int, proxy: str = "p:1") -> None:
     conn.execute(
-        "INSERT INTO serving_tally (namespace, proxy, minute, student_calls, student_failures)"
-        " VALUES ('locations', %s, date_trunc('minute', now()), %s, %s)"
-        " ON CONFLICT (namespace, proxy, minute) DO UPDATE SET"
+        "INSERT INTO serving_tally (namespace, proxy, bucket, student_calls, student_failures)"
+        " VALUES ('locations', %s, now(), %s, %s)"
+        " ON CONFLICT (namespace, proxy, bucket) DO UPDATE SET"
         " student_calls = serving_tally.student_calls + excluded.student_calls,"
         " student_failures = serving_tally.student_failures + excluded.student_failures",
         [proxy, calls, failures],

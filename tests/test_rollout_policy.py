@@ -125,6 +125,27 @@ def test_a_failing_student_is_not_promoted() -> None:
     assert decide(P, SHADOW, failing) is None
 
 
+def test_a_student_whose_background_calls_fail_is_not_promoted_from_shadow() -> None:
+    """In shadow no client gets the student (student_calls is 0): its failed background
+    calls (timeouts, 5xx) are what show it failing; 200 answered and 200 failed is 50%."""
+    mostly_failing = Stats(samples=200, agreed=200, window_samples=100, window_agreed=100)
+    assert decide(P, SHADOW, mostly_failing) is not None  # without the errors: promoted
+    failing = Stats(samples=200, agreed=200, window_samples=100, window_agreed=100, errors=200)
+    assert decide(P, SHADOW, failing) is None
+    few = Stats(samples=200, agreed=200, window_samples=100, window_agreed=100, errors=4)
+    assert decide(P, SHADOW, few) is not None  # 4 of 204 is under 2%
+
+
+def test_demotes_a_step_on_failed_background_calls() -> None:
+    failing = Stats(window_samples=60, window_agreed=60, window_errors=5)
+    d = decide(P, "25%", failing)
+    assert d is not None and d.to_stage == SHADOW
+    assert "error rate 0.077 over 65 background calls > 0.02" in d.reason
+    assert decide(P, "25%", Stats(window_errors=10)) is None  # fewer than min_calls
+    assert decide(P, "25%", Stats(window_errors=50)) is not None  # none answered at all
+    assert decide(P, SHADOW, Stats(window_errors=500)) is None  # shadow never demotes itself
+
+
 def test_shadow_never_demotes_itself() -> None:
     assert decide(P, SHADOW, agreeing(200, 0.1)) is None
     assert decide(P, SHADOW, Stats(student_calls=100, student_failures=100)) is None

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -14,8 +15,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from curation.config import Settings
 from curation.db.shadow import Comparison, ShadowStore
 from curation.evaluate import compare, live
+from curation.proxy.metrics import Metrics
+from curation.proxy.relay import Call, Relay
+from curation.proxy.routing import Route
+from curation.proxy.shadow import Background
+from curation.proxy.spool import Spool
 from tests.harness import free_port
 from tests.test_shadow import BASE, SHORT, STUDENT
 
@@ -206,3 +213,29 @@ def test_the_store_drops_comparisons_postgresql_cannot_take_and_keeps_tallies() 
     asyncio.run(flush())
     assert dropped == [("locations", 2)] and not store.queue and not store.database_ok
     assert sum(c["student_calls"] for c in store.tallies.values()) == 1  # kept for the next flush
+
+
+def test_a_student_failure_is_tallied_once_per_call(tmp_path: Path) -> None:
+    """An upstream 5xx is a failure; its body then breaking off is the same failure."""
+    settings = Settings(database_url="postgresql://nobody@127.0.0.1:1/none", data_dir=tmp_path)
+    metrics = Metrics()
+    background = Background(settings, metrics, settings.database_url)
+    relay = Relay(
+        settings=settings,
+        metrics=metrics,
+        spool=Spool(tmp_path / "spool", max_bytes=1 << 20),
+        background=background,
+    )
+    call = Call(
+        route=Route("/v1/chat/completions", "locations", record=True),
+        record=True,
+        body=b"",
+        tags=None,
+        kind="chat",
+        started=0.0,
+        t0=0.0,
+        rewritten=True,
+    )
+    relay.student_failed(call)  # the 5xx
+    relay.student_failed(call)  # reading its body failed too
+    assert [c["student_failures"] for c in background.store.tallies.values()] == [1]

@@ -36,7 +36,7 @@ COMMENT ON COLUMN namespace.compare IS 'How a student''s answer is compared with
 COMMENT ON COLUMN namespace.serve_shadow_percent IS 'Share of the calls the teacher answers (0-100) that are also sent to serve_model in the background and compared; the client never waits for it.';
 COMMENT ON COLUMN namespace.serve_watch_percent IS 'Share of the calls serve_model answers (0-100) that the teacher also answers in the background, to keep comparing after a rollout.';
 COMMENT ON COLUMN namespace.shadow_per_minute IS 'Budget of background (shadow and watch) calls per minute per proxy; calls over it are dropped and counted.';
-COMMENT ON COLUMN namespace.rollout IS 'Automatic rollout (curation serve --rollout auto); NULL: the share is set by hand. {"model": the student, "stage": "shadow" or a step such as "25%", "since": when the stage began (the decider counts comparisons from then), "started_by": login, "policy": {"steps": [5, 25, 50, 100], "promote_at": 0.95, "min_samples": 200, "demote_below": 0.9, "max_error_rate": 0.02, "watch_percent": 2, "shadow_percent": 100, "window": 100, "min_window": 50, "min_calls": 50, "error_window_s": 60}}. Promote: the last min_samples comparisons of the stage agree at >= promote_at. Demote (any step, to shadow; shadow never demotes itself): the last window (>= min_window) comparisons of the stage agree below demote_below, or more than max_error_rate of >= min_calls student calls of the stage, over the last error_window_s, failed.';
+COMMENT ON COLUMN namespace.rollout IS 'Automatic rollout (curation serve --rollout auto); NULL: the share is set by hand. {"model": the student, "stage": "shadow" or a step such as "25%", "since": when the stage began (the decider counts comparisons from then), "started_by": login, "policy": {"steps": [5, 25, 50, 100], "promote_at": 0.95, "min_samples": 200, "demote_below": 0.9, "max_error_rate": 0.02, "watch_percent": 2, "shadow_percent": 100, "window": 100, "min_window": 50, "min_calls": 50, "error_window_s": 60}}. Promote: the last min_samples comparisons of the stage agree at >= promote_at. Demote (any step, to shadow; shadow never demotes itself): the last window (>= min_window) comparisons of the stage agree below demote_below, or more than max_error_rate of >= min_calls student calls of the stage, over the last error_window_s (10-second tally buckets begun since the stage), failed, or of its background calls (the last window answered comparisons and the failed calls among them: timeout, status, connect) failed; a student failing either way is not promoted (over the last min_samples).';
 
 CREATE TABLE shadow_comparison (
     id bigserial PRIMARY KEY,
@@ -90,7 +90,8 @@ CREATE TABLE serving_tally (
     background_dropped integer NOT NULL DEFAULT 0,
     PRIMARY KEY (namespace, proxy, bucket)
 );
-CREATE INDEX serving_tally_bucket_idx ON serving_tally (namespace, bucket);
+CREATE INDEX serving_tally_namespace_idx ON serving_tally (namespace, bucket);
+CREATE INDEX serving_tally_bucket_idx ON serving_tally (bucket);
 COMMENT ON TABLE serving_tally IS 'Per proxy and 10-second bucket (pruned after a day by the rollout decider): calls the student answered or was asked to and how many failed (fell back), and background calls made or dropped over budget. Summed by the rollout decider.';
 COMMENT ON COLUMN serving_tally.bucket IS 'Start of the 10-second bucket the calls were counted in (the proxy''s clock).';
 COMMENT ON COLUMN serving_tally.proxy IS 'Which proxy process counted them (host:pid).';

@@ -51,6 +51,10 @@ class DeciderConnection:
         """Move the rollout and record the step; False when it changed since it was read."""
         return bool(await self._fetch("rollout_apply", params))
 
+    async def prune(self) -> None:
+        """Drop serving tallies older than a day (serving_tally_bucket_idx finds them)."""
+        await self._fetch("rollout_prune_tally", {})
+
     async def close(self) -> None:
         conn, self._conn, self.leading = self._conn, None, False
         if conn is not None:

@@ -158,6 +158,10 @@ class ShadowStore:
             await self._disconnect()
             self._lost(exc, tallies, batch)
             return
+        except asyncio.CancelledError:  # shutdown mid-flush: stop()'s last flush takes them
+            self._put_back(tallies, batch)
+            await self._disconnect()  # cut mid-statement: the next flush starts a new session
+            raise
         if not self.database_ok:
             log.info("shadow comparisons are written to PostgreSQL again")
         self.database_ok = True
@@ -180,6 +184,16 @@ class ShadowStore:
         ]
         async with conn.cursor() as cur, conn.transaction():
             await cur.executemany(queries.get("serving_tally_add"), rows)
+
+    def _put_back(
+        self, tallies: dict[tuple[str, datetime], Counter[str]], batch: list[Comparison]
+    ) -> None:
+        """What a cancelled flush had not written goes back before what came since. A
+        statement cancelled in flight may have been committed: a tally counted twice, or a
+        comparison written twice, is the price of not losing them."""
+        for key, counts in tallies.items():
+            self.tallies.setdefault(key, Counter()).update(counts)
+        self.queue[:0] = batch[: max(0, self.max_queue - len(self.queue))]
 
     def _lost(
         self,

@@ -55,6 +55,7 @@ class Call:
     served: Serving | None = None  # its namespace's serving settings, when it is served
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # the client's
     job: shadow.Job | None = None  # the shadow or watch call to make once the client is answered
+    student_failure_tallied: bool = False  # a 5xx whose body then breaks is one failure
 
 
 @dataclass(kw_only=True)
@@ -77,7 +78,8 @@ class Relay:
 
     def student_failed(self, call: Call) -> None:
         """Tally a failure of the student: its call failed, or its answer broke off."""
-        if call.rewritten:
+        if call.rewritten and not call.student_failure_tallied:
+            call.student_failure_tallied = True
             self.background.tally(call.route.namespace or "", "student_failures")
 
     async def respond(

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ from curation.rollout import policy
 
 log = logging.getLogger("curation.rollout")
 TICK_SECONDS = 1.0
+PRUNE_SECONDS = 60.0  # how often the leader drops day-old serving tallies
 
 
 def process_name() -> str:
@@ -54,6 +56,7 @@ class Decider:
         self._task: asyncio.Task[None] | None = None
         self._outage: str | None = None  # logged once per outage
         self._unreadable: set[str] = set()  # namespaces whose rollout JSON was logged as bad
+        self._pruned: float | None = None  # time.monotonic() of the last tally pruning
 
     @property
     def leading(self) -> bool:
@@ -88,6 +91,10 @@ class Decider:
         """One round: if this process decides, every active rollout's step, if any."""
         if not await self.db.lead():
             return []
+        now = time.monotonic()
+        if self._pruned is None or now - self._pruned >= PRUNE_SECONDS:
+            await self.db.prune()
+            self._pruned = now
         steps = []
         for row in await self.db.active():
             step = await self._decide(row)

@@ -10,7 +10,10 @@ decider (``rollout/decider.py``) reads the numbers from PostgreSQL and asks
   student at once), when the last ``window`` comparisons of this stage (at
   least ``min_window``) agree below ``demote_below``, or more than
   ``max_error_rate`` of the stage's recent student calls (at least
-  ``min_calls``) failed; a failing student is not promoted either. Shadow never demotes itself: no client sees the
+  ``min_calls``) failed, or of its background calls over the window (a
+  timeout, an error status, no connection: the comparisons without an answer,
+  at least ``min_calls`` with the answered ones); a student failing either
+  way is not promoted either (background calls over the last ``min_samples``). Shadow never demotes itself: no client sees the
   student there, the background budget bounds its cost, and a fixed student
   can earn its way back up; ``curation serve NS --off`` ends a rollout.
 
@@ -137,6 +140,8 @@ class Stats:
     window_agreed: int = 0
     student_calls: int = 0  # over the error window
     student_failures: int = 0
+    errors: int = 0  # the student's failed background calls over the span of `samples`
+    window_errors: int = 0  # ... over the span of `window_samples`
 
     @property
     def agreement(self) -> float | None:
@@ -149,6 +154,17 @@ class Stats:
     @property
     def error_rate(self) -> float | None:
         return self.student_failures / self.student_calls if self.student_calls else None
+
+    @property
+    def background_error_rate(self) -> float | None:
+        """Of the stage's background student calls, the share that failed (no answer)."""
+        calls = self.samples + self.errors
+        return self.errors / calls if calls else None
+
+    @property
+    def window_error_rate(self) -> float | None:
+        calls = self.window_samples + self.window_errors
+        return self.window_errors / calls if calls else None
 
 
 @dataclass(frozen=True)
@@ -187,26 +203,41 @@ def decide(p: Policy, stage: str, s: Stats) -> Decision | None:
         f"promote: agreement {agreement:.3f} over {s.samples} >= {p.promote_at:g}",
         agreement,
         s.samples,
-        s.error_rate,
+        s.error_rate if s.error_rate is not None else s.background_error_rate,
     )
 
 
+def _over(p: Policy, failures: int, calls: int) -> float | None:
+    """The error rate when more than max_error_rate of at least min_calls calls failed."""
+    if calls < p.min_calls or not calls:
+        return None
+    rate = failures / calls
+    return rate if rate > p.max_error_rate else None
+
+
 def _failing(p: Policy, s: Stats) -> bool:
-    """More than max_error_rate of at least min_calls student calls failed."""
-    rate = s.error_rate
-    return rate is not None and s.student_calls >= p.min_calls and rate > p.max_error_rate
+    """The student fails: on the calls it answers, or on the background calls of the stage."""
+    return (
+        _over(p, s.student_failures, s.student_calls) is not None
+        or _over(p, s.errors, s.samples + s.errors) is not None
+    )
 
 
 def _demotion(p: Policy, s: Stats) -> Decision | None:
+    for failures, calls, what in (
+        (s.student_failures, s.student_calls, "calls"),
+        (s.window_errors, s.window_samples + s.window_errors, "background calls"),
+    ):
+        rate = _over(p, failures, calls)
+        if rate is not None:
+            return Decision(
+                SHADOW,
+                f"demote: error rate {rate:.3f} over {calls} {what} > {p.max_error_rate:g}",
+                s.window_agreement,
+                s.window_samples,
+                rate,
+            )
     rate = s.error_rate
-    if rate is not None and _failing(p, s):
-        return Decision(
-            SHADOW,
-            f"demote: error rate {rate:.3f} over {s.student_calls} calls > {p.max_error_rate:g}",
-            s.window_agreement,
-            s.window_samples,
-            rate,
-        )
     window = s.window_agreement
     if window is not None and s.window_samples >= p.min_window and window < p.demote_below:
         return Decision(

@@ -37,7 +37,9 @@ CSP = (
 HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # same-origin: no Referer leaves for other sites, and a form's POST carries its real
+    # Origin (under no-referrer a browser sends "Origin: null", which origin() refuses)
+    "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }

@@ -24,35 +24,56 @@ ORDER BY name
 
 -- name: rollout_stats
 -- The numbers behind one decision, all since the stage began (policy.py): the stage's
--- last %(samples)s comparisons, its last %(window)s, and the student calls the proxies
--- counted over the last %(error_window_s)s seconds. shadow_comparison_recent_idx
--- yields the comparisons newest first without a sort.
+-- last %(samples)s answered comparisons and its last %(window)s, the student's failed
+-- background calls (shadow; timeout, status, connect) over the same spans (the whole
+-- stage while it has fewer), and the student calls the proxies counted in the 10-second
+-- buckets that began since the stage did, over the last %(error_window_s)s seconds (the
+-- bucket the stage began in is left out: it may hold the previous stage's calls).
+-- Indexes: shadow_comparison_answered_idx yields the comparisons newest first without
+-- a sort, shadow_comparison_failed_idx the failures, serving_tally_namespace_idx the tallies.
 WITH stage AS (
-    SELECT agreed FROM shadow_comparison
+    SELECT agreed, created_at FROM shadow_comparison
     WHERE namespace = %(namespace)s AND student_model = %(model)s
       AND created_at >= %(since)s::timestamptz AND agreed IS NOT NULL
     ORDER BY created_at DESC
     LIMIT %(samples)s
 ), recent AS (
-    SELECT agreed FROM shadow_comparison
+    SELECT agreed, created_at FROM shadow_comparison
     WHERE namespace = %(namespace)s AND student_model = %(model)s
       AND created_at >= %(since)s::timestamptz AND agreed IS NOT NULL
     ORDER BY created_at DESC
     LIMIT %(window)s
+), failed AS (
+    SELECT created_at FROM shadow_comparison
+    WHERE namespace = %(namespace)s AND student_model = %(model)s
+      AND created_at >= %(since)s::timestamptz AND call_failed AND kind = 'shadow'
 ), tally AS (
     SELECT coalesce(sum(student_calls), 0) AS student_calls,
            coalesce(sum(student_failures), 0) AS student_failures
     FROM serving_tally
     WHERE namespace = %(namespace)s
-      AND minute >= date_trunc('minute', greatest(
-              %(since)s::timestamptz, now() - make_interval(secs => %(error_window_s)s)))
+      AND bucket >= greatest(%(since)s::timestamptz,
+                             now() - make_interval(secs => %(error_window_s)s))
 )
 SELECT (SELECT count(*) FROM stage) AS samples,
        (SELECT count(*) FILTER (WHERE agreed) FROM stage) AS agreed,
        (SELECT count(*) FROM recent) AS window_samples,
        (SELECT count(*) FILTER (WHERE agreed) FROM recent) AS window_agreed,
+       (SELECT count(*) FROM failed WHERE created_at >= (
+            SELECT CASE WHEN count(*) < %(samples)s THEN %(since)s::timestamptz
+                        ELSE min(created_at) END FROM stage)) AS errors,
+       (SELECT count(*) FROM failed WHERE created_at >= (
+            SELECT CASE WHEN count(*) < %(window)s THEN %(since)s::timestamptz
+                        ELSE min(created_at) END FROM recent)) AS window_errors,
        tally.student_calls, tally.student_failures
 FROM tally
+
+-- name: rollout_prune_tally
+-- The decider's housekeeping: tallies older than a day are no one's window any more.
+WITH gone AS (
+    DELETE FROM serving_tally WHERE bucket < now() - interval '1 day' RETURNING 1
+)
+SELECT count(*) AS pruned FROM gone
 
 -- name: rollout_apply
 -- The decider's step, in one statement (one transaction): the new shares and stage,
@@ -145,7 +166,7 @@ SELECT coalesce(sum(student_calls), 0) AS student_calls,
        coalesce(sum(background_calls), 0) AS background_calls,
        coalesce(sum(background_dropped), 0) AS background_dropped
 FROM serving_tally
-WHERE namespace = %(namespace)s AND minute >= now() - interval '1 hour'
+WHERE namespace = %(namespace)s AND bucket >= now() - interval '1 hour'
 
 -- name: set_compare
 UPDATE namespace SET compare = %(compare)s, updated_at = now() WHERE name = %(namespace)s

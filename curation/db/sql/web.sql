@@ -86,7 +86,8 @@ LIMIT 1
 -- list_rows ``answer``). This expression is revision 0010's answer_trgm index's,
 -- character for character: the planner matches them, so a rare term is two
 -- trigram index lookups (0006's prompt_trgm and 0010's answer_trgm), OR-ed.
--- %(search)s comes with %, _ and backslash escaped (db/web.py escape_like): a substring.
+-- The search text comes with its LIKE wildcards and backslashes escaped (db/web.py
+-- escape_like; backslash is the default ESCAPE): a substring, not a pattern.
 AND (user_prompt::text ILIKE '%%' || %(search)s || '%%'
      OR coalesce(corrected_response->>'content', response->'choices'->0->'message'->>'content',
                  (response->'choices'->0->'message'->'tool_calls')::text,
