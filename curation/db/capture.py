@@ -22,7 +22,7 @@ from psycopg.rows import dict_row
 
 from curation.capture import tags
 from curation.capture.row import Row
-from curation.db import feedback, queries
+from curation.db import feedback, keepalive, queries
 from curation.db.errors import CONNECTION_ERRORS, wrap_errors
 from curation.errors import RowRefused
 
@@ -42,11 +42,7 @@ async def connect(url: str) -> AsyncConnection:
         autocommit=True,
         row_factory=dict_row,
         connect_timeout=5,
-        keepalives=1,
-        keepalives_idle=10,
-        keepalives_interval=5,
-        keepalives_count=3,
-        tcp_user_timeout=30_000,
+        **keepalive.CLIENT,
     )
     await conn.execute(queries.get("session_limits"))
     await conn.execute(queries.get("create_staging"))

@@ -5,7 +5,7 @@ sessions, and the locks they hold, live on the server for the kernel's default
 (about 2 h). These settings end such a session within about 30 s on both sides:
 libpq's (the client notices a silent server) and the server's (it notices a
 silent client and ends the session, releasing its locks). The recorder
-(capture.py) uses the same client-side numbers.
+(capture.py) and the rollout decider (rollout.py) connect with them.
 """
 
 from __future__ import annotations
