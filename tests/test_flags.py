@@ -177,6 +177,86 @@ def test_a_schema_it_cannot_read_is_no_evidence() -> None:
     assert flags(ask(response_format=bad), chat('{"city": 1}')) == []
 
 
+def test_a_catastrophic_pattern_cannot_stall_the_recorder() -> None:
+    import time
+
+    evil = {"type": "string", "pattern": "^(a+)+$"}
+    schema = {"type": "object", "properties": {"a": evil}, "required": ["a"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    tool = {"type": "function", "function": {"name": "f", "parameters": schema}}
+    answer = json.dumps({"a": "a" * 40 + "b"})
+    started = time.perf_counter()
+    assert flags(ask(response_format=fmt), chat(answer)) == []  # pattern violations: unflagged
+    assert flags(ask(tools=[tool]), chat(None, tool_calls=[call("f", answer)])) == []
+    assert time.perf_counter() - started < 0.05
+    # the rest of the schema still counts; a property named "pattern" is kept
+    named = {
+        "type": "object",
+        "properties": {"pattern": {"type": "string"}},
+        "required": ["pattern"],
+    }
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": named}}
+    assert flags(ask(response_format=fmt), chat('{"pattern": 1}')) == ["invalid_json"]
+    keyed = {"type": "object", "patternProperties": {"^(a+)+$": {}}, "additionalProperties": False}
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": keyed}}
+    assert flags(ask(response_format=fmt), chat(json.dumps({"a" * 30 + "b": 1}))) == []
+
+
+def test_a_huge_answer_is_parsed_but_not_schema_checked() -> None:
+    big = json.dumps({"town": "x" * 70_000})  # fails the schema, but over 64 KiB
+    assert flags(ask(response_format=SCHEMA), chat(big)) == []
+    assert flags(ask(response_format=SCHEMA), chat(big[:-1])) == ["invalid_json"]
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"type": "computer_call", "call_id": "c", "action": {"type": "screenshot"}},
+        {"type": "custom_tool_call", "call_id": "c", "name": "grammar", "input": "x"},
+        {"type": "local_shell_call", "call_id": "c", "action": {"type": "exec"}},
+        {"type": "mcp_approval_request", "id": "m", "name": "t", "server_label": "s"},
+        {"type": "image_generation_call", "id": "i", "result": "aGk="},
+    ],
+)
+def test_responses_output_of_other_kinds_is_an_answer(item: dict[str, Any]) -> None:
+    response = {"object": "response", "status": "completed", "output": [item]}
+    assert flags({"model": "gpt-4o", "input": "q"}, response) == []
+    reasoning = {**response, "output": [{"type": "reasoning", "summary": []}]}
+    assert flags({"model": "gpt-4o", "input": "q"}, reasoning) == ["empty"]
+
+
+def test_an_audio_answer_is_its_transcript() -> None:
+    audio = {"id": "a", "data": "UklG", "transcript": "Paris."}
+    assert flags(ask(), chat(None, audio=audio)) == []
+    assert flags(ask(), chat(None, audio={**audio, "transcript": ""})) == ["empty"]
+
+
+def test_a_custom_tools_call_is_no_bad_tool_call() -> None:
+    custom = {"type": "custom", "custom": {"name": "grammar", "description": "d"}}
+    custom_call = {"id": "c", "type": "custom", "custom": {"name": "grammar", "input": "x y"}}
+    assert flags(ask(tools=[custom]), chat(None, tool_calls=[custom_call])) == []
+
+
+@pytest.mark.parametrize(
+    ("requested", "answered", "mismatch"),
+    [
+        ("gpt-4-turbo-preview", "gpt-4-0125-preview", False),
+        ("claude-3-5-sonnet-latest", "claude-3-5-sonnet-20241022", False),
+        ("claude-3-5-sonnet-20241022", "claude-3-5-sonnet-20241022", False),
+        ("claude-3-opus", "claude-3-opus-20240229", False),
+        ("gpt-4o", "gpt-4o-mini", True),
+        ("gpt-4o", "gpt-4o-mini-2024-07-18", True),
+        ("gpt-4.1", "gpt-4o", True),
+        ("gpt-4.1", "gpt-4o-2024-08-06", True),
+        ("claude-3-5-sonnet-latest", "claude-3-haiku-20240307", True),
+        ("gpt-4-turbo-preview", "gpt-4o-2024-08-06", True),
+    ],
+)
+def test_aliases_are_their_snapshots(requested: str, answered: str, mismatch: bool) -> None:
+    found = flags(ask(model=requested), chat(model=answered))
+    assert found == (["model_mismatch"] if mismatch else [])
+
+
 def test_a_bug_in_a_check_costs_the_flags_never_the_row(monkeypatch: pytest.MonkeyPatch) -> None:
     from curation.capture import flags as auto_flags
     from curation.capture import row
@@ -189,7 +269,7 @@ def test_a_bug_in_a_check_costs_the_flags_never_the_row(monkeypatch: pytest.Monk
     assert row.build(capture).flags == ["truncated"]
     monkeypatch.setattr(auto_flags, "for_row", broken)
     built = row.build(capture)
-    assert built.flags is None and built.user_prompt == "q"  # recorded; the backfill flags it
+    assert built.flags == ["check_failed"] and built.user_prompt == "q"  # recorded, held back
 
 
 JSON = st.recursive(
@@ -382,6 +462,34 @@ def test_backfill_walks_in_batches(db_url: str, conn: Conn) -> None:
     assert batches == [2, 2, 1] and done == {
         "rows": 5, "truncated": 1, "refusal": 1, "invalid_json": 1
     }  # fmt: skip
+
+
+def test_backfill_marks_a_row_its_check_fails_on_and_moves_on(
+    db_url: str, conn: Conn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from curation.capture import flags as auto_flags
+    from curation.curate import flagged
+    from curation.db.connect import connection
+
+    ids = flagged_rows(conn)
+    real = auto_flags.for_row
+
+    def broken_on_cut(request: Any, response: Any, *, rewritten: bool) -> list[str]:
+        if obj_text(response) == "Par":
+            raise RuntimeError("a bug")
+        return real(request, response, rewritten=rewritten)
+
+    monkeypatch.setattr(auto_flags, "for_row", broken_on_cut)
+    with connection(db_url, autocommit=True) as c:
+        done = flagged.backfill(c, "locations", batch=2)
+        assert flagged.backfill(c, "locations")["rows"] == 0  # not tried again
+    assert done == {"rows": 5, "check_failed": 1, "refusal": 1, "invalid_json": 1}
+    listed = run_json(db_url, "list", "locations", "--flag", "check_failed")
+    assert [(r["id"], r["flags"]) for r in listed] == [(ids["cut"], ["check_failed"])]
+
+
+def obj_text(response: Any) -> Any:
+    return response["choices"][0]["message"]["content"]
 
 
 def test_accepting_a_proposal_on_a_flagged_row_needs_its_flags_accepted(

@@ -36,6 +36,8 @@ FOUND = [
     ("iban", f"pay to {IBAN}"),
     ("iban", "DE89370400440532013000"),
     ("ip", f"from {IP}"),
+    ("ip", "from 93.184.216.34"),
+    ("ip", "see http://93.184.216.34/status"),
     ("ip", "via 2a00:1450:4001:82b::200e"),
     ("secret", f"OPENAI_API_KEY={KEY}"),
     ("secret", "ghp_" + "x1" * 18),
@@ -51,6 +53,10 @@ NEAR_MISSES = [
     "@decorator\ndef f(): pass",
     "logo@2x.png",  # a file name
     "release 1.2.3.4 is out",  # a version, not an address
+    "kernel version 5.15.0.91 ships",
+    "tagged v2.10.3.1 today",
+    "Server: nginx/1.25.3.1",
+    "libfoo-1.25.3.1.tar",
     "listen on 10.0.0.1 or 127.0.0.1",  # private and loopback
     "id 123e4567-e89b-12d3-a456-426614174000",  # a random UUID
     "ISBN 978-3-16-148410-0",
@@ -127,6 +133,44 @@ def test_report_leaves_the_example_as_it_was() -> None:
     original = example()
     kept, found = pii.scan(original, redact=False)
     assert kept == example() and found.counts["email"] == 5
+
+
+def test_keys_named_id_type_or_name_inside_json_are_data() -> None:
+    answer = json.dumps({"id": "jane@example.com", "type": CARD})
+    arguments = json.dumps({"name": "jane.doe@example.com", "id": PHONE})
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "send",
+            "description": f"mails {EMAIL}",
+            "parameters": {"properties": {"to": {"enum": [EMAIL], "default": KEY}}},
+        },
+    }
+    ex = {
+        "messages": [
+            {"role": "assistant", "content": answer},
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {"id": "call_1", "type": "function",
+                     "function": {"name": "send", "arguments": arguments}}
+                ],
+            },
+        ],
+        "tools": [tool],
+    }  # fmt: skip
+    kept, found = pii.scan(ex, redact=False)
+    assert kept == ex
+    assert dict(found.counts) == {"email": 4, "card": 1, "phone": 1, "secret": 1}
+    redacted, found = pii.scan(ex, redact=True)
+    assert json.loads(redacted["messages"][0]["content"]) == {"id": "<EMAIL_1>", "type": "<CARD_1>"}
+    args = redacted["messages"][1]["tool_calls"][0]["function"]["arguments"]
+    assert json.loads(args) == {"name": "<EMAIL_2>", "id": "<PHONE_1>"}
+    written = json.dumps(redacted)
+    for value in ("jane@example.com", "jane.doe@example.com", EMAIL, KEY, "4111", "7946"):
+        assert value not in written
+    assert redacted["messages"][1]["tool_calls"][0]["id"] == "call_1"  # the structure's own
+    assert redacted["tools"][0]["function"]["name"] == "send"
 
 
 STRINGS = st.text(
@@ -308,15 +352,19 @@ CONTENT = (
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["user", "tool"]), CONTENT), max_size=4), JSON)
+@given(st.lists(st.tuples(st.sampled_from(["user", "tool"]), CONTENT), max_size=4), JSON, JSON)
 def test_report_and_redact_find_what_the_full_scan_finds(
-    turns: list[tuple[str, str]], arguments: Any
+    turns: list[tuple[str, str]], arguments: Any, tools: Any
 ) -> None:
     example = {
         "messages": [
             *({"role": role, "content": content} for role, content in turns),
-            {"role": "assistant", "tool_calls": [{"function": {"arguments": arguments}}]},
-        ]
+            {
+                "role": "assistant",
+                "tool_calls": [{"id": "x", "function": {"arguments": arguments}}],
+            },
+        ],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": tools}}],
     }
     for redact in (False, True):
         expected, full = full_scan(example, redact=redact)

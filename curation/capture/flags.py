@@ -27,7 +27,13 @@ REFUSAL = "refusal"
 INVALID_JSON = "invalid_json"
 TOOL_ARGS = "tool_args"
 MODEL_MISMATCH = "model_mismatch"
-REASONS = (TRUNCATED, CONTENT_FILTER, EMPTY, REFUSAL, INVALID_JSON, TOOL_ARGS, MODEL_MISMATCH)
+# Not a finding: the check itself failed on this row (a bug); the backfill stores it so
+# the row is held out of the export, like a flagged one, until a curator accepts it.
+CHECK_FAILED = "check_failed"
+REASONS = (
+    TRUNCATED, CONTENT_FILTER, EMPTY, REFUSAL, INVALID_JSON, TOOL_ARGS, MODEL_MISMATCH,
+    CHECK_FAILED,
+)  # fmt: skip
 
 REFUSAL_MAX_CHARS = 300  # longer answers that start so usually go on to help
 # An answer that starts with one of these (after an optional apology) and is short:
@@ -50,8 +56,13 @@ REFUSAL_OPENINGS = (
     "i won't be able to help with",
 )
 _APOLOGY = re.compile(r"^(?:(?:i'm|i am) sorry|sorry|apologies)\s*[,.!]?\s*(?:but\s+)?")
-_SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4})$")  # gpt-4o-2024-08-06, gpt-4-0613
+# gpt-4o-2024-08-06, gpt-4-0613, claude-3-5-sonnet-20241022
+_SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4})$")
+_ALIASES = ("-latest", "-preview")  # names that move to the newest snapshot
 _MAX_SCHEMA_CHECKS = 64  # tool calls checked against schemas per answer
+MAX_VALIDATED_CHARS = 64 * 1024  # a longer answer or arguments: parsed, not schema-checked
+_SCHEMA_MAPS = ("properties", "$defs", "definitions", "dependentSchemas")  # name -> schema
+_DATA_KEYWORDS = ("enum", "const", "default", "examples")  # values, not schemas
 
 
 def flags(request: Any, response: Any) -> list[str]:
@@ -61,7 +72,7 @@ def flags(request: Any, response: Any) -> list[str]:
     found = set(answer.stopped)
     if answer.refusal:
         found.add(REFUSAL)
-    elif not answer.text.strip() and not answer.calls:
+    elif not answer.text.strip() and not answer.calls and not answer.other:
         found.add(EMPTY)
     elif _looks_like_refusal(answer.text) and not answer.calls:
         found.add(REFUSAL)
@@ -89,6 +100,7 @@ class _Answer:
         self.refusal = False
         self.calls: list[tuple[str | None, Any]] = []  # (function name, arguments)
         self.stopped: set[str] = set()  # truncated / content_filter
+        self.other = False  # an answer of another kind (a custom tool call, an image...)
 
 
 def _chat_answer(response: dict[str, Any]) -> _Answer:
@@ -102,8 +114,13 @@ def _chat_answer(response: dict[str, Any]) -> _Answer:
         out.stopped.add(CONTENT_FILTER)
     message = obj(choice.get("message"))
     out.text = _content_text(message.get("content"))
+    if not out.text:  # an audio answer: its transcript is its text
+        out.text = text(obj(message.get("audio")).get("transcript")) or ""
     out.refusal = bool(text(message.get("refusal")))
     for call in arr(message.get("tool_calls")):
+        if obj(call).get("type", "function") != "function":
+            out.other = True  # a custom tool's call ({"type": "custom"}): free text, no schema
+            continue
         function = obj(obj(call).get("function"))
         out.calls.append((text(function.get("name")), function.get("arguments")))
     legacy = obj(message.get("function_call"))
@@ -122,6 +139,8 @@ def _responses_answer(response: dict[str, Any]) -> _Answer:
         it = obj(item)
         if it.get("type") == "function_call":
             out.calls.append((text(it.get("name")), it.get("arguments")))
+        elif it.get("type") not in ("message", "reasoning", None):
+            out.other = True  # computer_call, custom_tool_call, image_generation_call...
         for part in arr(it.get("content")) if it.get("type") == "message" else []:
             p = obj(part)
             if p.get("type") == "output_text":
@@ -177,7 +196,7 @@ def _invalid_json(asked: tuple[str, Any] | None, answer: str) -> bool:
     except orjson.JSONDecodeError:
         return True
     kind, schema = asked
-    return kind == "json_schema" and _violates(schema, value)
+    return kind == "json_schema" and len(answer) <= MAX_VALIDATED_CHARS and _violates(schema, value)
 
 
 def _violates(schema: Any, value: Any) -> bool:
@@ -196,13 +215,40 @@ def _validator(schema_json: bytes) -> Any:
     """The schema's validator, or None for a schema that is not valid JSON Schema."""
     import jsonschema  # loads in ~50 ms: only once a request asked for a schema
 
-    schema = orjson.loads(schema_json)
+    schema = _without_patterns(orjson.loads(schema_json))
     try:
         cls = jsonschema.validators.validator_for(schema, jsonschema.Draft202012Validator)
         cls.check_schema(schema)
         return cls(schema)
     except Exception:
         return None
+
+
+def _without_patterns(schema: Any) -> Any:
+    """The schema less its regexes: ``pattern`` and ``patternProperties`` run on Python's
+    backtracking ``re`` in the recorder, and a client's ``^(a+)+$`` would hang it.
+    ``additionalProperties`` beside ``patternProperties`` goes too (it depends on them);
+    ``format`` asserts nothing without a format checker, and none is given."""
+    if isinstance(schema, list):
+        return [_without_patterns(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    has_pattern_properties = isinstance(schema.get("patternProperties"), dict)
+    for key, value in schema.items():
+        if key == "pattern" and isinstance(value, str):
+            continue
+        if has_pattern_properties and key in (
+            "patternProperties", "additionalProperties", "unevaluatedProperties"
+        ):  # fmt: skip
+            continue
+        if key in _DATA_KEYWORDS:
+            out[key] = value
+        elif key in _SCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: _without_patterns(v) for name, v in value.items()}
+        else:
+            out[key] = _without_patterns(value)
+    return out
 
 
 # -- tool calls -------------------------------------------------------------
@@ -247,7 +293,9 @@ def _bad_arguments(arguments: Any, schema: Any) -> bool:
         value = orjson.loads(arguments) if arguments.strip() else {}
     except orjson.JSONDecodeError:
         return True
-    return not isinstance(value, dict) or _violates(schema, value)
+    if not isinstance(value, dict):
+        return True
+    return len(arguments) <= MAX_VALIDATED_CHARS and _violates(schema, value)
 
 
 # -- the model --------------------------------------------------------------
@@ -255,11 +303,25 @@ def _bad_arguments(arguments: Any, schema: Any) -> bool:
 
 def _model_mismatch(requested: str | None, answered: str | None) -> bool:
     """True when the upstream named a different model; a dated snapshot of the one asked
-    for (gpt-4o-mini -> gpt-4o-mini-2024-07-18) or a provider prefix is the same one."""
+    for (gpt-4o-mini -> gpt-4o-mini-2024-07-18) or a provider prefix is the same one, and
+    so is what an alias points at (gpt-4-turbo-preview -> gpt-4-0125-preview,
+    claude-3-5-sonnet-latest -> claude-3-5-sonnet-20241022)."""
     if not requested or not answered:
         return False
     asked, got = requested.strip().lower(), answered.strip().lower()
     asked, got = asked.rsplit("/", 1)[-1], got.rsplit("/", 1)[-1]
     if asked == got:
         return False
-    return not (got.startswith(asked) and _SNAPSHOT.fullmatch(got[len(asked) :]) is not None)
+    if got.startswith(asked) and _SNAPSHOT.fullmatch(got[len(asked) :]) is not None:
+        return False
+    if not asked.endswith(_ALIASES):
+        return True
+    family, base = _family(asked), _family(got)
+    # the alias's snapshot may drop one word of it: gpt-4-turbo-preview -> gpt-4-0125-preview
+    return not (base == family or (len(base) == len(family) - 1 and family[: len(base)] == base))
+
+
+def _family(name: str) -> list[str]:
+    """A model name's words less dates, snapshot numbers and alias words."""
+    words = re.sub(r"-\d{4}-\d{2}-\d{2}", "", name).split("-")
+    return [w for w in words if w not in ("latest", "preview") and not re.fullmatch(r"\d{3,}", w)]

@@ -239,12 +239,14 @@ def _row(
 
 
 def _flags(request: Any, response: Any, rewritten: bool) -> list[str] | None:
-    """The row's flags; a bug in a check costs the flags (the backfill retries), never the row."""
+    """The row's flags; a bug in a check costs the flags, never the row: it is recorded
+    flagged ``check_failed`` (as the backfill marks one), so export holds it back until a
+    curator has looked, instead of exporting it as if every check had passed."""
     try:
         return auto_flags.for_row(request, response, rewritten=rewritten)
     except Exception:
-        log.exception("flagging a capture failed; its row is recorded without flags")
-        return None
+        log.exception("flagging a capture failed; its row is recorded flagged check_failed")
+        return [auto_flags.CHECK_FAILED]
 
 
 def _json(raw: bytes, what: str) -> Any:

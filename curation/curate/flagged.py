@@ -3,11 +3,14 @@
 A flag (capture/flags.py) keeps a row out of the export until a curator includes
 it knowing the flags: ``include --accept-flags``, or review's include key (the
 flags are on screen there). Rows recorded before flags existed carry none
-(NULL) until ``backfill`` computes them, a batch per transaction.
+(NULL) until ``backfill`` computes them, a batch per transaction. A row the check
+fails on (a bug) gets ``check_failed``, logged with its id: the backfill moves on,
+and the row stays out of the export until a curator accepts it.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +24,7 @@ if TYPE_CHECKING:
     from curation.db.connect import Connection
 
 BACKFILL_BATCH = 1000
+log = logging.getLogger(__name__)
 
 
 def check_include(
@@ -92,7 +96,7 @@ def backfill(
     while True:
         with conn.transaction():
             found = db.unflagged(conn, namespace, after, batch)
-            computed = {int(r["id"]): _flags_of(r) for r in found}
+            computed = {int(r["id"]): _flags_of(namespace, r) for r in found}
             if computed:
                 db.set_flags(conn, namespace, computed)
         for reasons in computed.values():
@@ -106,10 +110,16 @@ def backfill(
         after = max(computed)
 
 
-def _flags_of(row: dict[str, Any]) -> list[str]:
-    return auto_flags.for_row(
-        _loads(row["request"]), _loads(row["response"]), rewritten=bool(row["rewritten"])
-    )
+def _flags_of(namespace: str, row: dict[str, Any]) -> list[str]:
+    """The row's flags; ``check_failed`` when the check raises (it must not: a bug), so
+    one row cannot stop the backfill, nor be left NULL to be tried again forever."""
+    try:
+        return auto_flags.for_row(
+            _loads(row["request"]), _loads(row["response"]), rewritten=bool(row["rewritten"])
+        )
+    except Exception:
+        log.exception("flag check failed on %s row %s: flagged check_failed", namespace, row["id"])
+        return [auto_flags.CHECK_FAILED]
 
 
 def _loads(value: Any) -> Any:

@@ -2,7 +2,9 @@
 
 ``export --pii report|redact|refuse`` runs ``scan`` over every example: each
 string of its messages (system, user, assistant and tool turns, DPO outputs
-too) and its tool-call arguments. What counts as personal data, and how each
+too), its tool-call arguments and its tool definitions (descriptions, enums,
+defaults). Only the structure's roles, ids and names are passed over: inside a
+JSON answer or tool arguments a key named ``id`` or ``name`` is data. What counts as personal data, and how each
 kind is told from look-alikes, is ``pii_detect``'s (``find``).
 
 ``redact`` puts a typed placeholder (``<EMAIL_1>``) in place of each value,
@@ -26,7 +28,10 @@ from curation.export.pii_detect import KINDS, Found, maybe
 from curation.export.pii_detect import find as find
 
 MODES = ("report", "redact", "refuse")
-SKIPPED_KEYS = frozenset({"role", "type", "id", "tool_call_id", "name", "tools"})
+# Keys of the example's own structure (messages, tool calls) whose values are
+# identifiers; inside a JSON answer, tool arguments or tool definitions none is skipped.
+SKIPPED_KEYS = frozenset({"role", "type", "id", "tool_call_id", "name"})
+NOTHING_SKIPPED: frozenset[str] = frozenset()
 MAX_SHOWN = 3  # masked samples kept per row for the report
 
 
@@ -74,30 +79,35 @@ class Redactor:
                 parsed = orjson.loads(value)
             except orjson.JSONDecodeError:
                 return self.text(value)
-            walked = self.walk(parsed)
+            walked = self.walk(parsed, None, NOTHING_SKIPPED)  # its keys are data
             if walked is parsed or walked == parsed:
                 return value
             return orjson.dumps(walked).decode()
         return self.text(value)
 
-    def walk(self, value: Any, key: str | None = None) -> Any:
-        """``value`` with every string (but roles, ids, names and tool schemas) scanned."""
-        if key in SKIPPED_KEYS:
+    def walk(self, value: Any, key: str | None = None, skip: frozenset[str] = SKIPPED_KEYS) -> Any:
+        """``value`` with every string scanned but the message structure's roles, ids and
+        names (``skip``): inside a JSON answer or tool arguments, and in tool definitions
+        (written to the files too), a key named ``id`` or ``name`` may hold anything."""
+        if key in skip:
             return value
+        if key == "tools":
+            skip = NOTHING_SKIPPED
         if not self.redact:
             if isinstance(value, str) and key in ("content", "arguments"):
                 self.string(value)
             else:
-                self._visit(value)
+                self._visit(value, skip)
             return value
         if isinstance(value, str):
             return self.string(value) if key in ("content", "arguments") else self.text(value)
         if isinstance(value, list):
-            return [self.walk(v) for v in value]
+            return [self.walk(v, None, skip) for v in value]
         if isinstance(value, dict):
             # a key like "content" holds nothing; one like "jane@example.org" may
             return {
-                k if k.isidentifier() else self.text(k): self.walk(v, k) for k, v in value.items()
+                k if k.isidentifier() else self.text(k): self.walk(v, k, skip)
+                for k, v in value.items()
             }
         if isinstance(value, int) and not isinstance(value, bool) and value > 10**12:
             digits = str(value)  # a card number written as a JSON number: a placeholder string
@@ -105,11 +115,11 @@ class Redactor:
             return redacted if redacted != digits else value
         return value
 
-    def _visit(self, value: Any) -> None:
+    def _visit(self, value: Any, skip: frozenset[str]) -> None:
         """``walk`` for a report: the same strings in the same order, nothing rebuilt."""
         if isinstance(value, dict):
             for k, v in value.items():
-                if k in SKIPPED_KEYS:
+                if k in skip:
                     continue  # an identifier: walk neither scans it nor its value
                 if not k.isidentifier():
                     self.text(k)
@@ -118,10 +128,10 @@ class Redactor:
                 elif isinstance(v, str):
                     self.text(v)
                 else:
-                    self._visit(v)
+                    self._visit(v, NOTHING_SKIPPED if k == "tools" else skip)
         elif isinstance(value, list):
             for v in value:
-                self._visit(v)
+                self._visit(v, skip)
         elif isinstance(value, str):
             self.text(value)
         elif isinstance(value, int) and not isinstance(value, bool) and value > 10**12:

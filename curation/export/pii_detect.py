@@ -15,7 +15,9 @@ and version strings is soon ignored:
   mod-97 check (done here: schwifty would add pycountry's data for one check).
 - ip: IPv4 and IPv6 addresses ``ipaddress`` accepts that are global (private,
   loopback and documentation addresses identify no one) and, for IPv4, not four
-  single digits (``1.2.3.4`` is a version far more often than a host).
+  single digits (``1.2.3.4`` is a version far more often than a host) nor
+  preceded by ``v``, ``version``, ``/`` or ``-`` (``version 5.15.0.91``,
+  ``nginx/1.25.3.1``: versions; ``http://8.8.8.8`` is still an address).
 - secret: API keys and tokens of well-known shapes (``SECRETS``).
 """
 
@@ -122,6 +124,8 @@ _DIGIT = re.compile(r"\d")
 _CARD_HINT = re.compile(r"\d{4}")  # every card format has a group of four digits
 _IBAN_HINT = re.compile(r"[A-Z]{2}\d\d")
 _IPV4_HINT = re.compile(r"\d\.\d{1,3}\.\d")
+# what a four-part version number follows; "//" (a URL's host) is not one of them
+_VERSION_BEFORE = re.compile(r"(?:\b[vV]|\b[vV]ersion|(?<![/:])/|-) ?$")
 _PHONE_HINT = re.compile(r"\d[\d ().\-/]{5,}\d")  # a phone number has 7 digits close together
 
 
@@ -234,6 +238,8 @@ def _ips(text: str) -> list[Found]:
         octets = m.group().split(".")
         if all(len(o) == 1 for o in octets):
             continue  # 1.2.3.4: a version number
+        if _VERSION_BEFORE.search(text, max(0, m.start() - 9), m.start()):
+            continue  # version 5.15.0.91, nginx/1.25.3.1
         if _global_ip(m.group()):
             out.append(Found("ip", m.start(), m.end(), m.group()))
     for m in _IPV6.finditer(text) if text.count(":") >= 3 else ():
