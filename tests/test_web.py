@@ -897,3 +897,12 @@ def test_a_planted_login_csrf_cookie_is_refused(
     assert b.post("/login", form).status == 403
     signed = re.search(r'name="csrf" value="([^"]+)"', Browser(web.port).get("/login").body)
     assert signed and "." in signed.group(1)
+
+
+def test_every_flag_reason_has_a_meaning_on_the_page() -> None:
+    """The rows page's flag filter lists every reason with its meaning (a missing one broke
+    every rows page)."""
+    from curation.capture import flags
+    from curation.web import chat
+
+    assert set(flags.REASONS) <= set(chat.FLAG_MEANINGS)

@@ -111,6 +111,8 @@ FLAG_MEANINGS = {
     flags.TOOL_ARGS: "a tool call's arguments are not JSON, break its schema, or name no tool "
     "the request offered",
     flags.MODEL_MISMATCH: "another model answered than the one the request asked for",
+    flags.CHECK_FAILED: "checking this row failed (a bug, in the server's log): look at it "
+    "yourself before including it",
 }
 
 
