@@ -24,6 +24,14 @@ def rewrite(
         request: Any = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
+    changed = rewritten(request, model, short_prompt, api)
+    return None if changed is None else orjson.dumps(changed)
+
+
+def rewritten(
+    request: Any, model: str, short_prompt: str | None, api: str = "chat.completions"
+) -> dict[str, Any] | None:
+    """``rewrite`` on a parsed request (for callers that go on working on it)."""
     if not isinstance(request, dict):
         return None
     if api == RESPONSES_API:
@@ -33,16 +41,16 @@ def rewrite(
     messages = [m for m in request["messages"] if not _is_system(m)]
     if short_prompt:
         messages.insert(0, {"role": "system", "content": short_prompt})
-    return orjson.dumps({**request, "model": model, "messages": messages})
+    return {**request, "model": model, "messages": messages}
 
 
-def _responses(request: dict[str, Any], model: str, short_prompt: str | None) -> bytes:
+def _responses(request: dict[str, Any], model: str, short_prompt: str | None) -> dict[str, Any]:
     out = {k: v for k, v in request.items() if k != "instructions"}
     if isinstance(request.get("input"), list):
         out["input"] = [item for item in request["input"] if not _is_system(item)]
     if short_prompt:
         out["instructions"] = short_prompt
-    return orjson.dumps({**out, "model": model})
+    return {**out, "model": model}
 
 
 def _is_system(message: Any) -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from curation.capture import responses, stream
-from curation.capture.rewrite import rewrite
+from curation.capture.rewrite import rewritten
 from curation.capture.row import decode_body
 from curation.capture.shape import Unrecordable, int32, obj
 from curation.evaluate import calls, compare
@@ -95,15 +95,12 @@ def background_body(
     student (``model`` given) rewritten as it is served. None: not a call of ``api``.
     A Responses call is not stored upstream (``store: false``): it is telemetry, and no
     later call of the client may name it."""
-    if model is not None:
-        changed = rewrite(body, model, short_prompt, api=api)
-        if changed is None:
-            return None
-        body = changed
     try:
         request: Any = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
+    if model is not None:
+        request = rewritten(request, model, short_prompt, api)
     if not isinstance(request, dict):
         return None
     kept = {k: v for k, v in request.items() if k not in TRANSPORT}
