@@ -23,11 +23,20 @@ from yarl import URL
 
 from curation.capture.rewrite import rewrite
 from curation.config import Settings
-from curation.proxy import admission, feedback, ops, routing, shadow, spool, student
+from curation.proxy import (
+    admission,
+    feedback,
+    ops,
+    routing,
+    shadow,
+    spool,
+    student,
+    upstream,
+)
 from curation.proxy.admission import Refusal
 from curation.proxy.metrics import Metrics, ServingCollector
 from curation.proxy.recorder import Recorder
-from curation.proxy.relay import Call, Relay
+from curation.proxy.relay import Answer, Call, Relay
 from curation.proxy.serving import Serving, ServingTable
 from curation.rollout.decider import Decider
 
@@ -44,6 +53,7 @@ class Proxy:
     metrics: Metrics
     serving: ServingTable
     session: aiohttp.ClientSession | None = None
+    pool: upstream.Pool | None = None  # recorded calls to the upstream (the hot path)
     _supervisor: asyncio.Task[None] = field(init=False)
     _namespaces: admission.NamespaceCap = field(init=False)
     feedback_endpoint: feedback.Endpoint = field(init=False)
@@ -96,10 +106,6 @@ class Proxy:
             self.metrics.served.labels(
                 ns or "", "fine_tuned" if changed is not None else "original"
             ).inc()
-        url = URL(
-            self.settings.upstream_url.rstrip("/") + upstream_raw_path(request.raw_path),
-            encoded=True,
-        )
         assert self.session is not None
         call.t_up = time.perf_counter()
         if call.rewritten and served is not None and served.endpoint:
@@ -107,17 +113,23 @@ class Proxy:
             if answered is not None:
                 return await self._finish(request, answered, call)
             forwarded = body  # the student failed: the teacher gets the client's own call
+        headers = routing.upstream_headers(
+            request.headers, self.settings.openai_api_key if self.settings.proxy_keys else None
+        )
         try:
-            upstream = await self.session.request(
-                request.method,
-                url,
-                data=forwarded,
-                headers=routing.upstream_headers(
-                    request.headers,
-                    self.settings.openai_api_key if self.settings.proxy_keys else None,
-                ),
-                allow_redirects=False,
-            )
+            answer: Answer
+            if route.record and self.pool is not None:
+                answer = await self.pool.request(
+                    request.method, upstream_raw_path(request.raw_path), headers, forwarded
+                )
+            else:
+                url = URL(
+                    self.settings.upstream_url.rstrip("/") + upstream_raw_path(request.raw_path),
+                    encoded=True,
+                )
+                answer = await self.session.request(
+                    request.method, url, data=forwarded, headers=headers, allow_redirects=False
+                )
         except TimeoutError:
             self.metrics.upstream_errors.labels("timeout").inc()
             self.relay.student_failed(call)
@@ -127,7 +139,7 @@ class Proxy:
                     504, "The upstream did not answer in time.", "upstream_timeout", "api_error"
                 ),
             )
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, upstream.UpstreamError) as exc:
             self.metrics.upstream_errors.labels("connect").inc()
             self.relay.student_failed(call)
             log.warning("upstream unreachable: %s", exc)
@@ -140,16 +152,14 @@ class Proxy:
                     "api_error",
                 ),
             )
-        if upstream.status >= 500:
+        if answer.status >= 500:
             self.relay.student_failed(call)
-        return await self._finish(request, upstream, call)
+        return await self._finish(request, answer, call)
 
-    async def _finish(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, call: Call
-    ) -> web.StreamResponse:
-        """The client gets ``upstream``'s answer; then the call's background call starts."""
+    async def _finish(self, request: web.Request, answer: Answer, call: Call) -> web.StreamResponse:
+        """The client gets the upstream's ``answer``; then the call's background call starts."""
         assert self.session is not None
-        response = await self.relay.respond(request, upstream, call)
+        response = await self.relay.respond(request, answer, call)
         return await self.relay.after(request, response, call, self.session)
 
     async def _ask_student(
@@ -229,6 +239,12 @@ class Proxy:
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Content-Type"),
         )
+        self.pool = upstream.Pool(
+            s.upstream_url,
+            limit=s.upstream_max_connections,
+            connect_timeout=s.upstream_connect_timeout,
+            read_timeout=s.upstream_read_timeout,
+        )
         self.recorder.start()
         self._supervisor = asyncio.create_task(self.recorder.supervise(), name="curation-recorder")
         self.serving.start()
@@ -244,6 +260,8 @@ class Proxy:
         await self.background.close()
         await self.feedback_endpoint.close()
         self._supervisor.cancel()
+        if self.pool is not None:
+            await self.pool.close()
         if self.session is not None:
             await self.session.close()
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
@@ -27,12 +28,38 @@ from curation.proxy.admission import Refusal
 from curation.proxy.metrics import Metrics
 from curation.proxy.serving import Serving
 from curation.proxy.sse import EndOfStream
+from curation.proxy.upstream import Cut, UpstreamError
 
 log = logging.getLogger("curation.proxy")
 access = logging.getLogger("curation.access")
 
 CLIENT_GONE = (ConnectionResetError, ConnectionError)
-UPSTREAM_CUT = (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+UPSTREAM_CUT = (
+    aiohttp.ClientPayloadError,
+    aiohttp.ServerDisconnectedError,
+    aiohttp.ClientOSError,
+    Cut,
+)
+
+
+class Body(Protocol):
+    def iter_any(self) -> AsyncIterator[bytes]: ...
+
+
+class Answer(Protocol):
+    """An upstream's response: aiohttp's (students, unrecorded calls) or ``upstream``'s."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def content_type(self) -> str: ...
+    @property
+    def content(self) -> Body: ...
+    async def read(self) -> bytes: ...
+    def release(self) -> object: ...
+    def close(self) -> None: ...
 
 
 @dataclass(kw_only=True)
@@ -83,7 +110,7 @@ class Relay:
             self.background.tally(call.route.namespace or "", "student_failures")
 
     async def respond(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, call: Call
+        self, request: web.Request, upstream: Answer, call: Call
     ) -> web.StreamResponse:
         try:
             if upstream.content_type == "text/event-stream":
@@ -136,9 +163,7 @@ class Relay:
 
     # -- recording -------------------------------------------------------
 
-    def _record(
-        self, call: Call, upstream: aiohttp.ClientResponse, response: bytes, streamed: bool
-    ) -> None:
+    def _record(self, call: Call, upstream: Answer, response: bytes, streamed: bool) -> None:
         self.spool_capture(
             Capture(
                 namespace=call.route.namespace or "",
@@ -159,7 +184,7 @@ class Relay:
         self._plan_background(call, upstream, response, streamed)
 
     def _plan_background(
-        self, call: Call, upstream: aiohttp.ClientResponse, response: bytes, streamed: bool
+        self, call: Call, upstream: Answer, response: bytes, streamed: bool
     ) -> None:
         """Roll the dice for a shadow or watch call of this recorded call."""
         served = call.served
@@ -187,9 +212,7 @@ class Relay:
                 answer_ms=(time.perf_counter() - call.t_up) * 1000,
             )
 
-    def _client_headers(
-        self, upstream: aiohttp.ClientResponse, call: Call, recorded: bool
-    ) -> CIMultiDict[str]:
+    def _client_headers(self, upstream: Answer, call: Call, recorded: bool) -> CIMultiDict[str]:
         """The upstream's headers, plus the id feedback names a call by when it is recorded."""
         headers = routing.client_headers(upstream.headers)
         if recorded and call.call_id is not None:
@@ -198,7 +221,7 @@ class Relay:
 
     # -- writing ---------------------------------------------------------
 
-    async def _plain(self, upstream: aiohttp.ClientResponse, call: Call) -> web.StreamResponse:
+    async def _plain(self, upstream: Answer, call: Call) -> web.StreamResponse:
         try:
             data = await upstream.read()
         except TimeoutError:
@@ -210,7 +233,7 @@ class Relay:
                     504, "The upstream did not finish in time.", "upstream_timeout", "api_error"
                 ),
             )
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, UpstreamError) as exc:
             self.metrics.upstream_errors.labels("cut").inc()
             self.student_failed(call)
             return self.answer(
@@ -237,7 +260,7 @@ class Relay:
         return response
 
     async def _stream(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, call: Call
+        self, request: web.Request, upstream: Answer, call: Call
     ) -> web.StreamResponse:
         call.kind += "_stream"
         record = call.record and 200 <= upstream.status < 300

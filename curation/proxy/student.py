@@ -19,10 +19,14 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 
 from curation.proxy.serving import Serving
+
+if TYPE_CHECKING:
+    from curation.proxy import relay
 
 log = logging.getLogger("curation.student")
 
@@ -110,7 +114,7 @@ async def _first_bytes(response: aiohttp.ClientResponse) -> Answer | Fallback:
     return Answer(response)
 
 
-async def chunks(head: bytes, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+async def chunks(head: bytes, response: relay.Answer) -> AsyncIterator[bytes]:
     """A stream's chunks as they arrive, after the ``head`` already read."""
     if head:
         yield head
