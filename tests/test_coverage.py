@@ -110,6 +110,34 @@ def test_near_duplicates_name_the_included_row() -> None:
     assert found[20][0] == 7 and found[23][0] == 22
 
 
+def test_near_duplicates_equal_checking_every_pair() -> None:
+    """The banded candidates find what comparing every pair finds: templated traffic,
+    planted twins at 0.8-1.0 of included rows and of earlier new rows, ties to the earliest."""
+    texts = [prompt(i % len(TEMPLATES), random.Random(i)) for i in range(3000)]
+    sigs = signatures.signatures(texts)
+    rng = np.random.default_rng(5)
+    new_sigs = sigs[2500:].copy()
+    for j in range(0, 500, 7):  # twins of included rows, some values changed
+        new_sigs[j] = sigs[rng.integers(0, 2500)]
+        changed = rng.choice(64, size=int(rng.integers(0, 13)), replace=False)
+        new_sigs[j][changed] = rng.integers(0, 2**32, size=len(changed), dtype=np.uint32)
+    for j in range(3, 500, 11):  # twins of an earlier new row
+        new_sigs[j] = new_sigs[j - 2]
+    included = [(i, sigs[i]) for i in range(2500)]
+    new = [(10_000 + j, new_sigs[j]) for j in range(500)]
+    rows = np.asarray([s for _, s in included + new])
+    ids = [i for i, _ in included + new]
+    expected = {}
+    for j in range(500):
+        at = 2500 + j
+        scores = signatures.similarity(rows[:at], rows[at])
+        k = int(np.argmax(scores))
+        if scores[k] >= groups.NEAR_DUPLICATE:
+            expected[ids[at]] = (ids[k], float(scores[k]))
+    assert len(expected) > 100
+    assert groups.near_duplicates(new, included) == expected
+
+
 def test_dedupe_keeps_corrected_then_most_seen_then_lowest_id() -> None:
     texts = ["What is the capital of France?"] * 3 + ["what is the capital of france"] * 2
     texts += ["a different question entirely"]

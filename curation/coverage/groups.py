@@ -56,8 +56,7 @@ def _links(sigs: Signatures) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int6
     n = len(sigs)
     found = []
     for band in range(BANDS):
-        part = np.ascontiguousarray(sigs[:, band * ROWS : (band + 1) * ROWS]).view(np.uint64)
-        keys = part[:, 0] * np.uint64(0x9E3779B97F4A7C15) ^ part[:, 1]  # collisions: checked later
+        keys = _band_keys(sigs, band)
         order = np.argsort(
             keys, kind="stable"
         )  # stable: a bucket's first member is its lowest index
@@ -68,6 +67,12 @@ def _links(sigs: Signatures) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int6
         found.append(leaders[linked].astype(np.int64) * n + order[linked])
     pairs = np.unique(np.concatenate(found)) if found else np.empty(0, dtype=np.int64)
     return pairs // n, pairs % n
+
+
+def _band_keys(sigs: Signatures, band: int) -> npt.NDArray[np.uint64]:
+    """One key per signature for its values in ``band`` (collisions are checked later)."""
+    part = np.ascontiguousarray(sigs[:, band * ROWS : (band + 1) * ROWS]).view(np.uint64)
+    return np.asarray(part[:, 0] * np.uint64(0x9E3779B97F4A7C15) ^ part[:, 1], dtype=np.uint64)
 
 
 def examples(labels: Labels, times_seen: Sequence[int]) -> dict[int, int]:
@@ -154,18 +159,41 @@ def near_duplicates(
     threshold: float = NEAR_DUPLICATE,
 ) -> dict[int, tuple[int, float]]:
     """Per new id that is a near-duplicate of an included row or an earlier new one:
-    (that row's id, estimated similarity), the most similar."""
-    ids = [i for i, _ in included]
-    sigs = [s for _, s in included]
+    (that row's id, estimated similarity), the most similar.
+
+    Candidates are the rows sharing a band bucket with it (the banding of ``cluster``:
+    a pair at 0.8 shares one with probability 0.9998, higher above), each checked
+    exactly; a row whose candidates are most of the rows is checked against them all.
+    Comparing every new row with every included one took 13 s for 2,000 against 20,000."""
+    if not new:
+        return {}
+    m = len(included)
+    ids = [i for i, _ in included] + [i for i, _ in new]
+    sigs = np.asarray([s for _, s in included] + [s for _, s in new])
+    ranges = []  # per band: (sorted order, bucket start and end of each new row)
+    for band in range(BANDS):
+        keys = _band_keys(sigs, band)
+        order = np.argsort(keys, kind="stable")
+        ordered = keys[order]
+        mine = keys[m:]
+        lo = np.searchsorted(ordered, mine, "left")
+        hi = np.searchsorted(ordered, mine, "right")
+        ranges.append((order, lo, hi))
     found: dict[int, tuple[int, float]] = {}
-    for row_id, sig in new:
-        if sigs:
-            scores = similarity(np.asarray(sigs), sig)
-            k = int(np.argmax(scores))
-            if scores[k] >= threshold:
-                found[row_id] = (ids[k], float(scores[k]))
-        ids.append(row_id)
-        sigs.append(sig)
+    for j in range(len(new)):
+        at = m + j  # only rows before it: included ones, then earlier new ones
+        if sum(int(hi[j] - lo[j]) for _, lo, hi in ranges) > at // 4:
+            candidates = np.arange(at)
+        else:
+            parts = [order[lo[j] : hi[j]] for order, lo, hi in ranges]
+            candidates = np.unique(np.concatenate(parts))
+            candidates = candidates[candidates < at]
+        if len(candidates) == 0:
+            continue
+        scores = similarity(sigs[candidates], sigs[at])
+        k = int(np.argmax(scores))  # the first of equals: the earliest row
+        if scores[k] >= threshold:
+            found[ids[at]] = (ids[int(candidates[k])], float(scores[k]))
     return found
 
 
