@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -319,3 +322,60 @@ def test_the_upstream_url_is_parsed_once() -> None:
     assert (o.host, o.port, o.prefix, o.host_header, o.tls) == ("::1", 8000, "", "[::1]:8000", None)
     with pytest.raises(ValueError):
         upstream.Origin.parse("ftp://x")
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A self-signed certificate for localhost (openssl's command line)."""
+    where = tmp_path_factory.mktemp("tls")
+    cert, key = str(where / "cert.pem"), str(where / "key.pem")
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key),
+            *("-out", cert, "-days", "1", "-subj", "/CN=localhost"),
+            *("-addext", "subjectAltName=DNS:localhost"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def test_an_https_upstream_is_verified_and_reused(certificate: tuple[str, str]) -> None:
+    """The production upstream is https: the certificate and the host name are checked
+    (against SSL_CERT_FILE's CAs here), and the TLS connection is kept for the next call."""
+    cert, key = certificate
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            body = await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    async def calls() -> None:
+        srv = await asyncio.start_server(script, "127.0.0.1", 0, ssl=tls)
+        port = srv.sockets[0].getsockname()[1]
+        try:
+            p = pool(f"https://localhost:{port}")
+            for text in (b"one", b"two"):
+                r = await p.request("POST", "/v1/chat/completions", {}, text)
+                assert await r.read() == text
+                r.release()
+            assert len(p.open) == 1
+            await p.close()
+            os.environ.pop("SSL_CERT_FILE")
+            untrusted = pool(f"https://localhost:{port}")
+            with pytest.raises(upstream.Unreachable, match="CERTIFICATE_VERIFY_FAILED"):
+                await untrusted.request("POST", "/v1/chat/completions", {}, b"{}")
+        finally:
+            srv.close()
+
+    before = os.environ.get("SSL_CERT_FILE")
+    os.environ["SSL_CERT_FILE"] = cert
+    try:
+        run(calls)()
+    finally:
+        os.environ.pop("SSL_CERT_FILE", None)
+        if before is not None:
+            os.environ["SSL_CERT_FILE"] = before
