@@ -19,7 +19,7 @@ import tiktoken
 from curation.db import queries
 from curation.db.connect import connection
 from curation.export import chunks as export_chunks
-from curation.export import examples, models, split, tokens, validate
+from curation.export import examples, models, pii, split, tokens, validate
 from curation.export.run import ExportRequest, export
 from tests.factories import LONG_PROMPT
 
@@ -40,6 +40,10 @@ TEXTS = [
     "x" * 3000,
     "  Spaces   AND Case  ",
     "null \x01 control",
+    # personal data: found in a plain text, in a JSON answer only once decoded, or not at all
+    "mail ana@example.org or call +1 415 555 2671",
+    "escaped ana\\u0040example.org",
+    "order 12345 at 10:30",
 ]
 Conn = psycopg.Connection[dict[str, object]]
 
@@ -169,7 +173,7 @@ def reference(db_url: str, req: ExportRequest, info: models.ModelInfo) -> dict[s
         rows = conn.execute(query, req.filters.params()).fetchall()
     files: dict[str, bytes] = {"train": b"", "validation": b""}
     counts: dict[int, int] = {}
-    skipped = []
+    skipped, scanned = [], []
     for row_id, version, user_prompt, request, response, corrected in rows:
         source = examples.SourceRow(
             row_id,
@@ -186,6 +190,10 @@ def reference(db_url: str, req: ExportRequest, info: models.ModelInfo) -> dict[s
             else:
                 example = examples.chat_example(source, req.system_prompt)
                 validate.check_chat(example)
+            example, found = pii.scan(example, redact=req.pii == "redact", region=req.pii_region)
+            if found.counts:
+                kinds = dict(sorted(found.counts.items()))
+                scanned.append({"id": row_id, "kinds": kinds} | masked(req, found))
             assert info.encoding is not None
             n = reference_count(example, info.encoding)
             validate.check_length(n, info.max_example_tokens, info.name)
@@ -197,7 +205,17 @@ def reference(db_url: str, req: ExportRequest, info: models.ModelInfo) -> dict[s
         )
         files[name] += orjson.dumps(example) + b"\n"
         counts[row_id] = n
-    return {"files": files, "counts": counts, "skipped": skipped, "rows": len(rows)}
+    return {
+        "files": files,
+        "counts": counts,
+        "skipped": skipped,
+        "rows": len(rows),
+        "pii": scanned,
+    }
+
+
+def masked(req: ExportRequest, found: pii.Redactor) -> dict[str, Any]:
+    return {"masked": found.masked} if req.pii == "report" else {}
 
 
 def exported(db_url: str, req: ExportRequest) -> dict[str, Any]:
@@ -218,16 +236,18 @@ def exported(db_url: str, req: ExportRequest) -> dict[str, Any]:
         "counts": {r["row_id"]: r["tokens"] for r in tokens_by_row},
         "skipped": result.manifest["skipped"],
         "rows": result.manifest["counts"]["rows"],
+        "pii": result.manifest["pii"]["listed"],
     }
 
 
 @pytest.mark.parametrize(
-    ("model", "fmt", "workers"),
+    ("model", "fmt", "workers", "pii_mode"),
     [
-        ("gpt-4o-mini-2024-07-18", "chat", 1),
-        ("gpt-4o-mini-2024-07-18", "chat", 2),
-        ("gpt-3.5-turbo-0125", "chat", 2),
-        ("gpt-4o-mini-2024-07-18", "dpo", 2),
+        ("gpt-4o-mini-2024-07-18", "chat", 1, "report"),
+        ("gpt-4o-mini-2024-07-18", "chat", 2, "report"),
+        ("gpt-4o-mini-2024-07-18", "chat", 2, "redact"),
+        ("gpt-3.5-turbo-0125", "chat", 2, "report"),
+        ("gpt-4o-mini-2024-07-18", "dpo", 2, "report"),
     ],
 )
 def test_export_writes_what_the_plain_builder_writes(
@@ -238,6 +258,7 @@ def test_export_writes_what_the_plain_builder_writes(
     model: str,
     fmt: str,
     workers: int,
+    pii_mode: str,
 ) -> None:
     monkeypatch.setattr(export_chunks, "INLINE_ROWS", 50)  # chunks inline, then in worker processes
     monkeypatch.setattr(export_chunks, "CHUNK_ROWS", 37)
@@ -251,12 +272,24 @@ def test_export_writes_what_the_plain_builder_writes(
         validation_fraction=0.2,
         format=fmt,
         workers=workers,
+        pii=pii_mode,
     )
     want, got = reference(db_url, req, info), exported(db_url, req)
     assert got["rows"] == want["rows"] > 300
     assert got["skipped"] == want["skipped"]
     assert got["counts"] == want["counts"]
     assert got["files"] == want["files"]
+    assert got["pii"] == want["pii"]
+    # personal data found in plain rows, in a JSON answer only after decoding it, and not
+    # in rows whose digits only look like it (the pre-check passes them to the full scan)
+    assert {"email", "phone"} <= {k for r in want["pii"] for k in r["kinds"]}
+    escaped = {
+        r["id"]
+        for r in conn.execute(
+            f"SELECT id FROM {NS}_openai_chat_completion WHERE user_prompt LIKE 'escaped%%'"
+        )
+    }
+    assert escaped & {r["id"] for r in want["pii"] if "email" in r["kinds"]}
     # the rows cover what they claim to: examples, skips, tool calls, corrections, multi-turn
     lines = [orjson.loads(line) for line in got["files"]["train"].splitlines()]
     assert len(lines) > 20 and want["skipped"] and got["files"]["validation"]
@@ -265,3 +298,30 @@ def test_export_writes_what_the_plain_builder_writes(
         assert any(len(e["messages"]) > 3 for e in lines)
         assert any("fixed" in str(e["messages"][-1].get("content")) for e in lines)
         assert any("\\" in e["messages"][1].get("content", "") for e in lines if e["messages"][1:])
+
+
+def test_plain_shortcut_builds_what_chat_example_builds() -> None:
+    """``examples.plain_chat`` answers for a row only what ``chat_example`` builds from it,
+    and only for rows that are plain text turns; every other row goes the full way."""
+    rng, took = random.Random(5), 0
+    for i in range(3000):
+        _, request, response, corrected = varied_row(rng, i)
+        # through JSON as the export reads them: key order as recorded
+        request, response = orjson.loads(json.dumps(request)), orjson.loads(json.dumps(response))
+        fast = examples.plain_chat(request, response, corrected, SHORT)
+        source = examples.SourceRow(i, 1, "p", request, response, corrected)
+        try:
+            full = examples.chat_example(source, SHORT)
+        except examples.Skip:
+            assert fast is None
+            continue
+        if fast is None:
+            continue
+        took += 1
+        assert orjson.dumps({"messages": fast}) == orjson.dumps(full)
+        assert export_chunks._plain(full)
+    assert took > 200  # two of the 14 shapes are plain, half of them without a dict correction
+    # a Responses row is rebuilt by responses.as_chat, whatever its request also holds
+    request = {"input": "hi", "messages": [{"role": "user", "content": "hi"}]}
+    assert examples.plain_chat(request, {"object": "response", "output": []}, "ok", SHORT) is None
+    assert examples.plain_chat(request, completion({"role": "assistant"}), "ok", SHORT)

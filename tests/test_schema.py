@@ -355,6 +355,29 @@ def flagged_rows_are_indexed_and_acceptable(c: Conn, level: str) -> None:
     assert granted == {"a": True, "f": False, "v": True}, level  # v: the CLI's schema check
 
 
+def lineage_needs_its_dataset(c: Conn, level: str) -> None:
+    """0013: a dataset_row names an existing dataset and goes with it (the foreign key's
+    work, done once per statement)."""
+    made = one(
+        c,
+        "INSERT INTO dataset (namespace, format, base_model, sha256, train_sha256,"
+        " train_examples, validation_examples, train_tokens, validation_tokens, manifest)"
+        " VALUES ('locations', 'chat', 'm', %s, 'x', 1, 0, 5, 0, '{}') RETURNING id",
+        [level],
+    )["id"]
+    add = (
+        "INSERT INTO dataset_row (dataset_id, namespace, row_id, row_version, split, tokens)"
+        " VALUES (%s, 'locations', 1, 1, 'train', 5)"
+    )
+    c.execute(add, [made])
+    with pytest.raises(psycopg.errors.ForeignKeyViolation):
+        c.execute(add, [int(str(made)) + 1000])
+    with pytest.raises(psycopg.errors.ForeignKeyViolation):
+        c.execute("UPDATE dataset_row SET dataset_id = dataset_id + 1000")
+    c.execute("DELETE FROM dataset WHERE id = %s", [made])
+    assert one(c, "SELECT count(*) AS n FROM dataset_row", []) == {"n": 0}, level
+
+
 # What each revision defines on the completions table (and so on every partition), and
 # a check that it fires. A revision that adds a trigger there needs a row here.
 TRIGGERS: dict[str, tuple[set[str], Callable[[Conn, str], None] | None]] = {
@@ -368,6 +391,7 @@ TRIGGERS: dict[str, tuple[set[str], Callable[[Conn, str], None] | None]] = {
     "0010": (set(), corrected_and_proposed_rows_are_indexed),
     "0011": ({"forget_coverage"}, deleted_rows_leave_their_cluster),
     "0012": (set(), flagged_rows_are_indexed_and_acceptable),
+    "0013": (set(), lineage_needs_its_dataset),
 }
 
 

@@ -68,23 +68,52 @@ class Part:
 def process(row: tuple[Any, ...], req: ExportRequest, info: models.ModelInfo, into: Chunk) -> None:
     """Build, validate and count one row's example. Pure but for the tokenizer's tables."""
     into.rows += 1
-    if req.near_duplicates and row[0] in req.near_duplicates:
+    row_id, version, user_prompt = row[0], row[1], row[2]
+    if req.near_duplicates and row_id in req.near_duplicates:
         return  # listed in the manifest's "near_duplicates" with the row kept instead
     try:
-        source, example, plain = _example(row, req)
-        example = into.pii.scan(source.id, example, req.pii, req.pii_region)
-        if plain and info.encoding:
-            k = tokens.count_plain(example["messages"], info.encoding)
-            n = tokens.Count(k, k)
-        else:
-            n = tokens.count(example, info)
+        example, n = _counted(row, req, info, into.pii)
         validate.check_length(n.longest, info.max_example_tokens, info.name)
     except (examples.Skip, validate.Invalid, ValueError, KeyError, TypeError) as exc:
-        into.skip(row[0], str(exc))
+        into.skip(row_id, str(exc))
         return
-    validation = split.is_validation(source.user_prompt, req.validation_fraction)
+    validation = split.is_validation(user_prompt, req.validation_fraction)
     line = orjson.dumps(example, option=orjson.OPT_APPEND_NEWLINE)
-    into.add(source.id, source.version, line, n, validation)
+    into.add(row_id, version, line, n, validation)
+
+
+def _counted(
+    row: tuple[Any, ...], req: ExportRequest, info: models.ModelInfo, found: pii.Tally
+) -> tuple[dict[str, Any], tokens.Count]:
+    """The row's example, scanned for personal data, and its tokens. A row of plain text
+    turns (most) takes a shortcut: built by ``examples.plain_chat``, scanned only when
+    the one pre-check over its texts says it may hold personal data, counted by
+    ``tokens.count_plain``; tests/test_export_golden.py checks it against the full path."""
+    request, response = orjson.loads(row[3]), orjson.loads(row[4])
+    corrected = orjson.loads(row[5]) if row[5] else None
+    encoding, messages = info.encoding, None
+    if req.format == "chat" and encoding:
+        messages = examples.plain_chat(request, response, corrected, req.system_prompt)
+    if messages is not None and encoding:
+        example: dict[str, Any] = {"messages": messages}
+        if not pii.nothing_in([m["content"] for m in messages]):
+            example = found.scan(row[0], example, req.pii, req.pii_region)
+        k = tokens.count_plain(example["messages"], encoding)
+        return example, tokens.Count(k, k)
+    source = examples.SourceRow(
+        id=row[0],
+        version=row[1],
+        user_prompt=row[2],
+        request=request,
+        response=response,
+        corrected_response=corrected,
+    )
+    example, plain = _example(source, req)
+    example = found.scan(source.id, example, req.pii, req.pii_region)
+    if plain and info.encoding:
+        k = tokens.count_plain(example["messages"], info.encoding)
+        return example, tokens.Count(k, k)
+    return example, tokens.count(example, info)
 
 
 def process_chunk(data: bytes, req: ExportRequest, info: models.ModelInfo) -> Chunk:
@@ -140,28 +169,17 @@ def _take(rows: Iterator[bytes]) -> bytes:
     return b"".join(itertools.islice(rows, CHUNK_ROWS))
 
 
-def _example(
-    row: tuple[Any, ...], req: ExportRequest
-) -> tuple[examples.SourceRow, dict[str, Any], bool]:
+def _example(source: examples.SourceRow, req: ExportRequest) -> tuple[dict[str, Any], bool]:
     """The row's example, validated; True with it when it is plain (see ``_plain``)."""
-    row_id, version, user_prompt, request, response, corrected = row
-    source = examples.SourceRow(
-        id=row_id,
-        version=version,
-        user_prompt=user_prompt,
-        request=orjson.loads(request),
-        response=orjson.loads(response),
-        corrected_response=orjson.loads(corrected) if corrected else None,
-    )
     if req.format == "dpo":
         pair = examples.preference_pair(source, req.system_prompt)
         validate.check_preference(pair)
-        return source, pair, False
+        return pair, False
     example = examples.chat_example(source, req.system_prompt)
     plain = _plain(example)
     if not plain:
         validate.check_chat(example)
-    return source, example, plain
+    return example, plain
 
 
 _PLAIN_ROLES = frozenset({"system", "user", "assistant"})

@@ -144,3 +144,55 @@ def preference_pair(row: SourceRow, system_prompt: str | None) -> dict[str, Any]
     if row.request.get("tools"):
         pair["input"]["tools"] = row.request["tools"]
     return pair
+
+
+_PLAIN_TURNS = frozenset({"user", "assistant"})
+
+
+def plain_chat(
+    request: Any, response: Any, corrected: Any, system_prompt: str | None
+) -> list[dict[str, Any]] | None:
+    """The messages ``chat_example`` builds for a row of plain text turns (the common
+    case), built without its general path; None for any other shape, which
+    ``chat_example`` then builds. Plain: every kept turn is exactly {role: user or
+    assistant, content: non-empty text}, no tools, the answer (recorded, or a
+    correction as text) non-empty text without tool calls. Such an example passes
+    every check of ``validate.check_chat``. The turns are the request's own dicts,
+    so their keys keep their order (tests/test_export_golden.py compares bytes)."""
+    if type(request) is not dict or type(response) is not dict or request.get("tools"):
+        return None
+    if response.get("object") == "response" or "output" in response:
+        return None  # a Responses row (or close to one): as_chat rebuilds its request
+    turns = request.get("messages")
+    if type(turns) is not list:
+        return None
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    for m in turns:
+        if type(m) is not dict:
+            return None
+        r = m.get("role")
+        if type(r) is not str:
+            return None
+        if r in SYSTEM_ROLES:
+            continue
+        content = m.get("content")
+        if r not in _PLAIN_TURNS or len(m) != 2 or type(content) is not str or not content:
+            return None
+        messages.append(m)
+    answer = corrected if corrected is not None else _plain_answer(response)
+    if type(answer) is not str or not answer:
+        return None
+    messages.append({"role": "assistant", "content": answer})
+    return messages
+
+
+def _plain_answer(response: dict[str, Any]) -> str | None:
+    """The recorded answer's text when ``recorded_answer`` would give just that."""
+    choices = response.get("choices")
+    if type(choices) is not list or not choices or type(choices[0]) is not dict:
+        return None
+    message = choices[0].get("message")
+    if type(message) is not dict or message.get("tool_calls"):
+        return None
+    content = message.get("content")
+    return content if type(content) is str else None
