@@ -54,10 +54,14 @@ class Settings:
     background_concurrency: int = 16  # shadow/watch calls in flight per proxy; over it: dropped
     background_timeout: float = 60.0  # one shadow/watch call, from send to its whole answer
     recorder_stall_seconds: float = 60.0
+    # the recorder's CPU priority (os.nice): 19 lets requests win a busy CPU, the spool
+    # absorbing the backlog; 0 records at the proxy's priority (see the README)
+    recorder_nice: int = 19
     rollout_decider: bool = True  # take part in deciding automatic rollouts (one decides at a time)
     rollout_interval: float = 1.0  # seconds between the decider's ticks
     proxy_keys: tuple[str, ...] = ()
     access_log: bool = False
+    fast_lane: bool = True  # proxy/fastlane.py: the common recorded call below aiohttp
     log_level: str = "INFO"
     models_file: Path | None = None
     curator: str = "unknown"
@@ -114,10 +118,12 @@ ENV: dict[str, tuple[str, Any]] = {
     "CURATION_BACKGROUND_CONCURRENCY": ("background_concurrency", "count"),
     "CURATION_BACKGROUND_TIMEOUT": ("background_timeout", "seconds"),
     "CURATION_RECORDER_STALL_SECONDS": ("recorder_stall_seconds", "seconds"),
+    "CURATION_RECORDER_NICE": ("recorder_nice", "count"),
     "CURATION_ROLLOUT_DECIDER": ("rollout_decider", "bool"),
     "CURATION_ROLLOUT_INTERVAL": ("rollout_interval", "seconds"),
     "CURATION_PROXY_KEYS": ("proxy_keys", "list"),
     "CURATION_ACCESS_LOG": ("access_log", "bool"),
+    "CURATION_FAST_LANE": ("fast_lane", "bool"),
     "CURATION_LOG_LEVEL": ("log_level", "level"),
     "CURATION_MODELS_FILE": ("models_file", Path),
     "USER": ("curator", str),
@@ -239,6 +245,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "background_concurrency": (1, 100_000),
     "background_timeout": (0.01, DAY),
     "recorder_stall_seconds": (1.0, DAY),
+    "recorder_nice": (0, 19),
     "rollout_interval": (0.01, 3600.0),
     "web_session_idle": (60.0, 30 * DAY),
 }

@@ -311,3 +311,54 @@ def test_a_segment_the_reader_released_meanwhile_is_not_counted(tmp_path: Path) 
     s.append(frame(9, 40))  # over the cap: segment 1 is the oldest it knows of
     assert s.race is None and dropped == []
     assert [f.meta["i"] for f in r.read(100, 1 << 20)] == list(range(3, 10))
+
+
+def test_frames_larger_than_a_read_chunk_come_back_whole(tmp_path: Path) -> None:
+    from curation.proxy.spool_reader import CHUNK
+
+    s = opened(tmp_path)
+    r = reader(tmp_path)
+    sizes = [10, CHUNK // 2, CHUNK - 40, 3 * CHUNK, 10, CHUNK + 7]
+    for i, size in enumerate(sizes):
+        s.append(frame(i, size))
+    got = r.read(2, 1 << 30) + r.read(10, 1 << 30)
+    assert [f.meta["i"] for f in got] == list(range(len(sizes)))
+    assert [len(f.request) for f in got] == sizes
+    assert all(f.request == b"q" * len(f.request) for f in got)
+    assert all(f.response == b"r" * len(f.response) for f in got)
+    assert r.torn == 0
+
+
+def test_a_frame_still_being_written_is_read_once_whole(tmp_path: Path) -> None:
+    s = opened(tmp_path)
+    r = reader(tmp_path)
+    s.append(frame(0))
+    segment = s.path(max(s.on_disk()))
+    assert [f.meta["i"] for f in r.read(10, 1 << 20)] == [0]
+    whole = frame(1, 300)
+    with open(segment, "ab") as f:  # a frame seen while it is being written
+        f.write(whole[:3])
+        f.flush()
+        assert r.read(10, 1 << 20) == []
+        f.write(whole[3:60])
+        f.flush()
+        assert r.read(10, 1 << 20) == []
+        f.write(whole[60:])
+        f.flush()
+    got = r.read(10, 1 << 20)
+    assert [(f.meta["i"], f.request) for f in got] == [(1, b"q" * 300)]
+    assert r.read(10, 1 << 20) == [] and r.torn == 0
+
+
+def test_a_corrupt_length_in_a_finished_segment_is_torn_and_never_read(tmp_path: Path) -> None:
+    s = opened(tmp_path)
+    s.append(frame(0))
+    segment = s.path(max(s.on_disk()))
+    s.close()
+    with open(segment, "ab") as f:  # then a header that claims 1 TiB
+        f.write(b"CUR1 2 %d 0\n{}" % (1 << 40))
+    again = opened(tmp_path)  # a restarted proxy appends to a new segment
+    again.append(frame(1))
+    r = reader(tmp_path)
+    assert [f.meta["i"] for f in r.read(10, 1 << 20)] == [0, 1]
+    assert r.torn == 1

@@ -177,6 +177,8 @@ def _looks_like_refusal(answer: str) -> bool:
 
 def _json_format(request: dict[str, Any]) -> tuple[str, Any] | None:
     """("json_object", None) or ("json_schema", schema) when the request asked for JSON."""
+    if "response_format" not in request and "text" not in request:
+        return None  # most requests: no format asked for
     chat = obj(request.get("response_format"))
     responses = obj(obj(request.get("text")).get("format"))  # Responses API
     for fmt, schema in ((chat, obj(chat.get("json_schema")).get("schema")), (responses, None)):
@@ -302,6 +304,16 @@ def _bad_arguments(arguments: Any, schema: Any) -> bool:
 
 
 def _model_mismatch(requested: str | None, answered: str | None) -> bool:
+    if requested and answered and len(requested) + len(answered) <= _CACHED_NAMES:
+        return _names_mismatch(requested, answered)
+    return _names_mismatch.__wrapped__(requested, answered)  # a client's odd name: not kept
+
+
+_CACHED_NAMES = 256  # characters of the two names, at most, for a cached answer
+
+
+@functools.lru_cache(maxsize=1024)  # a service asks for the same few models again and again
+def _names_mismatch(requested: str | None, answered: str | None) -> bool:
     """True when the upstream named a different model; a dated snapshot of the one asked
     for (gpt-4o-mini -> gpt-4o-mini-2024-07-18) or a provider prefix is the same one, and
     so is what an alias points at (gpt-4-turbo-preview -> gpt-4-0125-preview,

@@ -84,9 +84,15 @@ def _call_labels(message: dict[str, Any]) -> dict[str, str]:
 
 
 def extract(request: dict[str, Any]) -> Prompt:
-    messages = [m for m in arr(request.get("messages")) if isinstance(m, dict)]
-    system = [content_text(m.get("content")) for m in messages if role(m) in SYSTEM_ROLES]
-    rest = [m for m in messages if role(m) not in SYSTEM_ROLES]
+    system: list[str] = []
+    rest: list[dict[str, Any]] = []
+    for m in arr(request.get("messages")):
+        if isinstance(m, dict):
+            name = role(m)
+            if name is not None and name in SYSTEM_ROLES:
+                system.append(content_text(m.get("content")))
+            else:
+                rest.append(m)
     if len(rest) == 1 and role(rest[0]) == "user":
         user_prompt = content_text(rest[0].get("content"))
     else:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 import uuid
 import zlib
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from curation.capture import prompt, responses, stream, tags
 from curation.capture.shape import Unrecordable, int32, obj, text
 
 MAX_DECODED = 256 << 20  # a decompressed response over this is a bomb, not a completion
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 log = logging.getLogger("curation.writer")
 
 __all__ = ["Capture", "Row", "Unrecordable", "build", "decode_body"]
@@ -60,7 +63,7 @@ class Capture:
         """The capture a spool frame holds; Unrecordable if its metadata is not the proxy's."""
         m = obj(meta)
         namespace, started_at, latency_ms = m.get("ns"), _number(m.get("t")), _number(m.get("lat"))
-        if not isinstance(namespace, str) or not names.is_valid(namespace):
+        if not isinstance(namespace, str) or len(namespace) > 64 or not _valid(namespace):
             raise Unrecordable("spool frame has no valid namespace")
         if started_at is None or latency_ms is None:
             raise Unrecordable("spool frame has no valid time or latency")
@@ -81,10 +84,17 @@ class Capture:
         )
 
 
+@functools.lru_cache(maxsize=256)  # a proxy serves a few namespaces, over and over
+def _valid(namespace: str) -> bool:
+    return names.is_valid(namespace)
+
+
 def _call_id(value: Any) -> str | None:
     """A call id as the proxy writes it (a UUID), else None: the row is kept without one."""
     if not isinstance(value, str) or len(value) != 36:
         return None
+    if _CANONICAL_UUID.fullmatch(value):
+        return value  # the proxy's own form: what str(uuid.UUID(value)) would give
     try:
         return str(uuid.UUID(value))
     except ValueError:

@@ -30,6 +30,7 @@ from curation.capture.shape import (
 
 MAX_CHOICES = 1024
 MAX_TOOL_CALLS = 4096
+_TEXT_KEYS = ("content", "refusal", "reasoning_content")  # deltas appended to the message
 
 
 def events(body: bytes) -> tuple[list[dict[str, Any]], bool]:
@@ -88,19 +89,42 @@ def reassemble(body: bytes) -> dict[str, Any] | None:
 
 
 def _merge_choice(choices: dict[int, dict[str, Any]], chunk: dict[str, Any]) -> None:
-    at = index(chunk.get("index"), 0, MAX_CHOICES, "stream choice")
-    choice = choices.setdefault(
-        at,
-        {"index": at, "message": {"role": "assistant"}, "logprobs": None, "finish_reason": None},
-    )
-    message = choice["message"]
-    delta = expect_obj(chunk.get("delta"), "stream delta")
-    role = expect_text(delta.get("role"), "stream delta role")
-    if role:
+    # the common chunk (an int index, an object delta, a piece of text) is checked
+    # inline; anything else goes through the shape helpers, which raise as they must
+    at = chunk.get("index")
+    if type(at) is not int or not 0 <= at < MAX_CHOICES:
+        at = index(at, 0, MAX_CHOICES, "stream choice")
+    choice = choices.get(at)
+    if choice is None:
+        choice = choices[at] = {
+            "index": at,
+            "message": {"role": "assistant"},
+            "logprobs": None,
+            "finish_reason": None,
+        }
+    delta = chunk.get("delta")
+    if type(delta) is not dict:
+        delta = expect_obj(delta, "stream delta")
+    if delta:
+        _merge_delta(choice["message"], delta)
+    if chunk.get("logprobs"):
+        lp = choice["logprobs"] or {}
+        for key, values in obj(chunk["logprobs"]).items():
+            lp[key] = (lp.get(key) or []) + arr(values)
+        choice["logprobs"] = lp
+    if chunk.get("finish_reason") is not None:
+        choice["finish_reason"] = chunk["finish_reason"]
+
+
+def _merge_delta(message: dict[str, Any], delta: dict[str, Any]) -> None:
+    role = delta.get("role")
+    if role is not None and expect_text(role, "stream delta role"):
         message["role"] = role
-    for key in ("content", "refusal", "reasoning_content"):
-        piece = expect_text(delta.get(key), f"stream delta {key}")
+    for key in _TEXT_KEYS:
+        piece = delta.get(key)
         if piece is not None:
+            if type(piece) is not str:
+                piece = expect_text(piece, f"stream delta {key}")
             message[key] = message.get(key, "") + piece
     if delta.get("function_call"):
         _append_function(
@@ -112,13 +136,6 @@ def _merge_choice(choices: dict[int, dict[str, Any]], chunk: dict[str, Any]) -> 
         raise Unrecordable("stream tool_calls is not a JSON array")
     for call in tool_calls or []:
         _merge_tool_call(message.setdefault("tool_calls", {}), expect_obj(call, "stream tool call"))
-    if chunk.get("logprobs"):
-        lp = choice["logprobs"] or {}
-        for key, values in obj(chunk["logprobs"]).items():
-            lp[key] = (lp.get(key) or []) + arr(values)
-        choice["logprobs"] = lp
-    if chunk.get("finish_reason") is not None:
-        choice["finish_reason"] = chunk["finish_reason"]
 
 
 def _merge_tool_call(calls: dict[int, dict[str, Any]], delta: dict[str, Any]) -> None:

@@ -28,6 +28,12 @@ from curation.errors import RowRefused
 
 AsyncConnection = psycopg.AsyncConnection[dict[str, Any]]
 
+# capture_staging's columns, in copy_staging's order (binary COPY sends no names)
+STAGING_TYPES = (
+    "int4", "text", "text", "text", "text", "text", "text", "int4", "int4", "float4", "bool",
+    "text", "timestamptz", "text", "bool", "text", "text", "text", "text", "text", "text",
+)  # fmt: skip
+
 
 async def connect(url: str) -> AsyncConnection:
     """The recorder's connection. A wait on it is never a stall (recorder.py), so a peer
@@ -45,6 +51,7 @@ async def connect(url: str) -> AsyncConnection:
         **keepalive.CLIENT,
     )
     await conn.execute(queries.get("session_limits"))
+    await conn.execute(queries.get("fast_compression"))
     await conn.execute(queries.get("create_staging"))
     return conn
 
@@ -146,14 +153,12 @@ async def write_each(
 
 
 async def insert_rows(conn: AsyncConnection, rows: Sequence[Row], *, clear: bool = False) -> None:
-    """Upsert ``rows``; ``clear`` empties staging for another insert in the same transaction."""
+    """Upsert ``rows`` and map their call ids; ``clear`` empties staging for another insert
+    in the same transaction. The session already says the writes are the proxy's and JIT
+    is off (``session_limits``): a batch is a COPY and two statements."""
     async with conn.cursor() as cur:
-        # tag merges by the proxy are not curation: the audit trigger skips them;
-        # JIT would compile the upsert's plan over every partition for seconds
-        await cur.execute(
-            "SELECT set_config('curation.source', 'proxy', true), set_config('jit', 'off', true)"
-        )
         async with cur.copy(queries.get("copy_staging")) as copy:
+            copy.set_types(STAGING_TYPES)
             for ord_, r in enumerate(rows):
                 if ord_ % 32 == 31:
                     await asyncio.sleep(0)  # let the proxy's requests run between slices
@@ -179,14 +184,28 @@ async def insert_rows(conn: AsyncConnection, rows: Sequence[Row], *, clear: bool
                         r.response_id,
                         r.previous_response_id,
                         r.call_id,
-                        r.flags,
+                        ",".join(r.flags) if r.flags is not None else None,
                     )
                 )
+        # the upsert maps call ids -> rows in the same statement
         await cur.execute(queries.get("insert_from_staging"), {"max_tags": tags.MAX_TAGS})
-        # call ids -> rows, and the feedback that came before them
-        await feedback.record_calls(conn, rows, await cur.fetchall())
+        if any(r.call_id for r in rows):  # then the feedback that came before them
+            await _attach_feedback(conn)
         if clear:
             await cur.execute("DELETE FROM capture_staging")
+
+
+async def _attach_feedback(conn: AsyncConnection) -> None:
+    """Attach feedback that came before its call was recorded; a correction among it
+    becomes its row's proposal (the latest, by feedback id, for each row)."""
+    cur = await conn.execute(queries.get("attach_feedback"))
+    latest: dict[tuple[str, int], dict[str, Any]] = {}
+    for f in await cur.fetchall():
+        key = (f["namespace"], f["row_id"])
+        if f["correction"] is not None and (key not in latest or f["id"] > latest[key]["id"]):
+            latest[key] = f
+    if latest:
+        await feedback._propose(conn, latest.values())  # the one place proposals are made
 
 
 async def set_checkpoint(

@@ -21,19 +21,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from curation import logs
+from curation import config, logs
 from curation.proxy import quarantine
 from curation.proxy.spool import Position, bytes_after, segment_sizes
 from curation.proxy.spool_reader import SpoolReader
@@ -49,12 +49,14 @@ COUNTERS = ("rows_written", "write_errors", "rejected", "unrecordable", "torn")
 URL_ENV = (
     "CURATION_RECORDER_URL"  # the URL travels in the environment, never in argv (ps shows argv)
 )
+NICE_ENV = "CURATION_RECORDER_NICE"
 
 
 def publish(path: Path, stats: Stats) -> None:
     """Write the status file (a full disk only leaves it stale: the proxy sees that)."""
     tmp = path.with_suffix(".tmp")
-    status = {**dataclasses.asdict(stats), "pid": os.getpid(), "ppid": os.getppid()}
+    # its fields are plain values: vars() is asdict() without the deep copy (once a batch)
+    status = {**vars(stats), "pid": os.getpid(), "ppid": os.getppid()}
     with contextlib.suppress(OSError):
         tmp.write_bytes(orjson.dumps({**status, "at": time.time()}))
         tmp.replace(path)
@@ -98,10 +100,20 @@ async def run(reader: SpoolReader, url: str, parent: int) -> int:
     return 0
 
 
+def niceness(env: Mapping[str, str]) -> int:
+    """The recorder's ``os.nice`` increment: CURATION_RECORDER_NICE, inherited from the
+    proxy (which checked it on start), else the default; never a reason not to record."""
+    raw = env.get(NICE_ENV, "")
+    try:
+        return int(config.within("recorder_nice", config.parse_count(raw)))
+    except ValueError:
+        return config.Settings.recorder_nice
+
+
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the proxy drains first, then stops us
     with contextlib.suppress(OSError):
-        os.nice(19)  # background work: the proxy's requests come first on a busy CPU
+        os.nice(niceness(os.environ))  # background work: requests first on a busy CPU
     spool_dir, parent = Path(sys.argv[1]), int(sys.argv[2])
     logs.setup(os.environ.get("CURATION_LOG_LEVEL", "INFO"))
     reader = SpoolReader(spool_dir)

@@ -29,6 +29,9 @@ from curation.proxy.spool import (
     log,
 )
 
+CHUNK = 1 << 20  # read from a segment this much at a time
+NEWLINE = ord("\n")
+
 
 class SpoolReader(_Directory):
     """The reading side: the recorder, one per spool."""
@@ -40,6 +43,9 @@ class SpoolReader(_Directory):
         self._file: tuple[int, BinaryIO] | None = None
         self._locked = False  # a shared flock on the open segment: the appender waits
         self._pos_fd = -1
+        self._buf = b""  # bytes of segment _buf_segment from offset _buf_at (see _window)
+        self._buf_segment = 0
+        self._buf_at = 0
 
     def open(self, wait: float = 30.0) -> None:
         """Take the reader lock (waiting for a previous recorder to finish) and the spool id."""
@@ -134,36 +140,54 @@ class SpoolReader(_Directory):
             self._file[1].close()
             self._file = None
 
+    def _window(self, f: BinaryIO, segment: int, start: int, need: int) -> tuple[bytes, int]:
+        """Bytes of ``segment`` from ``start`` on (at least ``need`` of them where the file
+        has them): the buffer and where ``start`` is in it. One ``pread`` serves many
+        frames; written bytes never change, so the buffer stays true until it runs out."""
+        at = start - self._buf_at
+        if self._buf_segment == segment and at >= 0 and len(self._buf) - at >= need:
+            return self._buf, at
+        self._buf = os.pread(f.fileno(), max(CHUNK, need), start)
+        self._buf_segment, self._buf_at = segment, start
+        return self._buf, 0
+
     def _next_frame(self, segment: int, growing: bool) -> Frame | None:
         f = self._handle(segment)
-        f.seek(self._read.offset)
-        header = f.readline(MAX_HEADER)
-        if not header:
-            return None
-        lengths = _lengths(header) if header.endswith(b"\n") else None
-        on_disk = os.fstat(f.fileno()).st_size - self._read.offset - len(header)
-        if lengths is not None and sum(lengths) + 1 > on_disk:
-            lengths = None  # not all there (yet): never read a length a corrupt header claims
-        body = f.read(sum(lengths) + 1) if lengths else b""
-        if lengths is None or len(body) != sum(lengths) + 1 or not body.endswith(b"\n"):
+        start = self._read.offset
+        buf, at = self._window(f, segment, start, MAX_HEADER)
+        newline = buf.find(b"\n", at, at + MAX_HEADER)
+        header_end = newline + 1 if newline >= 0 else min(len(buf), at + MAX_HEADER)
+        if header_end == at:
+            return None  # nothing (more) there
+        header = header_end - at
+        lengths = _lengths(buf[at:header_end]) if newline >= 0 else None
+        size = header + sum(lengths) + 1 if lengths is not None else 0
+        if lengths is not None and len(buf) - at < size:
+            if size > os.fstat(f.fileno()).st_size - start:
+                lengths = None  # not all there (yet): never read a length a corrupt header claims
+            else:
+                buf, at = self._window(f, segment, start, size)
+        if lengths is not None and (len(buf) - at < size or buf[at + size - 1] != NEWLINE):
+            lengths = None  # torn (a killed writer's last frame), or still being written
+        if lengths is None:
             if not growing:
                 self.torn += 1
                 log.warning(
                     "spool segment %d: torn or corrupt frame at byte %d skipped",
                     segment,
-                    self._read.offset,
+                    start,
                 )
             return None
         meta_len, req_len, _ = lengths
-        start = self._read.offset
-        self._read = Position(segment, start + len(header) + len(body))
+        body = at + header  # where the metadata starts in the buffer
+        self._read = Position(segment, start + size)
         return Frame(
-            meta=_meta(body[:meta_len]),
-            request=body[meta_len : meta_len + req_len],
-            response=body[meta_len + req_len : -1],
+            meta=_meta(buf[body : body + meta_len]),
+            request=buf[body + meta_len : body + meta_len + req_len],
+            response=buf[body + meta_len + req_len : at + size - 1],
             segment=segment,
             offset=start,
-            size=len(header) + len(body),
+            size=size,
         )
 
     def release(self, committed: Position) -> None:

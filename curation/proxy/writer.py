@@ -44,7 +44,7 @@ log = logging.getLogger("curation.writer")
 
 BATCH_FRAMES = 1000
 BATCH_BYTES = 16 << 20
-SLICE = 16
+SLICE = 64  # frames read, or built, between two yields to the event loop
 LINGER = 0.05  # group commit: poll the spool this often when caught up
 
 
@@ -181,8 +181,9 @@ class Writer:
             self._suspect = None
             self.note.write(Span(frames[0].position, frames[-1].end))
         rows = []
+        set_aside = self.set_aside.positions
         for i, frame in enumerate(frames):
-            if frame.position in self.set_aside.positions:
+            if set_aside and frame.position in set_aside:
                 built = None  # set aside before a restart: never parsed again
             else:
                 built = self._build_alone(frame) if careful else self._build_one(frame)
