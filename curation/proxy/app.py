@@ -55,14 +55,15 @@ class Proxy:
     session: aiohttp.ClientSession | None = None
     pool: upstream.Pool | None = None  # recorded calls to the upstream (the hot path)
     _supervisor: asyncio.Task[None] = field(init=False)
-    _namespaces: admission.NamespaceCap = field(init=False)
+    namespaces: admission.NamespaceCap = field(init=False)
+    stopping: bool = field(default=False, init=False)  # shutting down: no new keep-alive
     feedback_endpoint: feedback.Endpoint = field(init=False)
     background: shadow.Background = field(init=False)
     relay: Relay = field(init=False)
     decider: Decider | None = field(default=None, init=False)  # the rollout decider (one leads)
 
     def __post_init__(self) -> None:
-        self._namespaces = admission.NamespaceCap(
+        self.namespaces = admission.NamespaceCap(
             self.settings.create_namespaces, self.settings.max_namespaces
         )
         self.feedback_endpoint = feedback.Endpoint(self.serving.url, self.settings, self.metrics)
@@ -206,8 +207,8 @@ class Proxy:
         call.kind = KINDS.get(route.api, "other")
         admission.check_key(request.headers, self.settings.proxy_keys)
         if route.record and route.namespace:
-            self._namespaces.admit(route.namespace, self.serving.namespaces)
-        if route.namespace and self._namespaces.exists(route.namespace, self.serving.namespaces):
+            self.namespaces.admit(route.namespace, self.serving.namespaces)
+        if route.namespace and self.namespaces.exists(route.namespace, self.serving.namespaces):
             call.label = route.namespace  # metric labels: only namespaces that exist
         call.body = await admission.read_body(request, self.settings)
         call.record = route.record and self._should_record(request, route.namespace)

@@ -62,6 +62,14 @@ class Metrics:
             registry=r,
         )
         self.spooled = Counter("curation_spooled", "Captures appended to the spool.", registry=r)
+        self.lanes = Counter(
+            "curation_lane",
+            "Requests by who handled them: the fast lane (a recorded POST with a "
+            "Content-Length body for a namespace the teacher answers), or aiohttp (a connection "
+            "handed over, counted once, at its first request of any other shape).",
+            ["lane"],
+            registry=r,
+        )
         self.dropped = Counter(
             "curation_dropped",
             "Captures lost: spool over its cap, or the disk refused.",

@@ -75,28 +75,34 @@ OVER_CAP = (
 )
 
 
+def over_cap(transport: asyncio.BaseTransport) -> None:
+    """Answer a connection over the cap with a 503, and close it."""
+    body = orjson.dumps(
+        routing.error_body(
+            "The curation proxy has too many open client connections; retry shortly.",
+            "too_many_connections",
+            "api_error",
+        )
+    )
+    writer = cast(asyncio.Transport, transport)  # uvloop's is no asyncio subclass
+    writer.write(OVER_CAP % (len(body), body))
+    writer.close()
+
+
 class Connection(web.RequestHandler):
     """One client connection; requests the parser refuses are answered in OpenAI's shape."""
 
     metrics: Metrics
     gate: Gate
     admitted: bool = False
+    admitted_already: bool = False  # handed over by the fast lane, which counted it
     answered: int = 0  # requests answered (their handler done)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.admitted = self.gate.enter()
+        self.admitted = self.admitted_already or self.gate.enter()
         if not self.admitted:
-            body = orjson.dumps(
-                routing.error_body(
-                    "The curation proxy has too many open client connections; retry shortly.",
-                    "too_many_connections",
-                    "api_error",
-                )
-            )
-            writer = cast(asyncio.Transport, transport)  # uvloop's is no asyncio subclass
-            writer.write(OVER_CAP % (len(body), body))
-            writer.close()
+            over_cap(transport)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self.admitted:
@@ -183,10 +189,11 @@ def header_limit_message() -> str:
     )
 
 
-def factory(server: web.Server, settings: Settings, metrics: Metrics) -> Callable[[], Connection]:
+def factory(
+    server: web.Server, settings: Settings, metrics: Metrics, gate: Gate
+) -> Callable[[], Connection]:
     """The protocol factory for ``loop.create_server``: one ``Connection`` per client."""
     loop = asyncio.get_running_loop()
-    gate = Gate(settings.max_client_connections, metrics)
 
     def make() -> Connection:
         connection = Connection(

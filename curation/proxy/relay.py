@@ -163,7 +163,7 @@ class Relay:
 
     # -- recording -------------------------------------------------------
 
-    def _record(self, call: Call, upstream: Answer, response: bytes, streamed: bool) -> None:
+    def record(self, call: Call, upstream: Answer, response: bytes, streamed: bool) -> None:
         self.spool_capture(
             Capture(
                 namespace=call.route.namespace or "",
@@ -248,7 +248,7 @@ class Relay:
         t_done = time.perf_counter()
         recorded = call.record and 200 <= upstream.status < 300
         if recorded:
-            self._record(call, upstream, data, streamed=False)
+            self.record(call, upstream, data, streamed=False)
         elif call.record:
             self.metrics.unrecorded.labels("status").inc()
         response = web.Response(
@@ -277,13 +277,13 @@ class Relay:
                 if record:
                     chunks.append(chunk)
                     if not spooled and end.feed(chunk):  # spool before the client has it all
-                        self._record(call, upstream, b"".join(chunks), streamed=True)
+                        self.record(call, upstream, b"".join(chunks), streamed=True)
                         spooled = True
                 await response.write(chunk)
             if record and not spooled:
                 # A clean end of the body without [DONE] (some engines never send it):
                 # the recorder keeps it if every choice finished, else sets it aside.
-                self._record(call, upstream, b"".join(chunks), streamed=True)
+                self.record(call, upstream, b"".join(chunks), streamed=True)
             await response.write_eof()
         except CLIENT_GONE:
             upstream.close()

@@ -24,7 +24,7 @@ from curation import logs
 from curation.config import Settings
 from curation.db import connect, migrate
 from curation.errors import DatabaseUnavailable, InvalidInput
-from curation.proxy import protocol
+from curation.proxy import fastlane, protocol
 from curation.proxy.app import Proxy, build_app
 from curation.proxy.metrics import Metrics, RecorderCollector
 from curation.proxy.recorder import Recorder
@@ -126,9 +126,12 @@ async def _run(
     await runner.setup()
     assert runner.server is not None
     loop = asyncio.get_running_loop()
+    gate = protocol.Gate(proxy.settings.max_client_connections, proxy.metrics)
+    slow = protocol.factory(runner.server, proxy.settings, proxy.metrics, gate)
+    lane = fastlane.Lane(proxy, slow, gate) if proxy.settings.fast_lane else None
     try:
         listener = await loop.create_server(
-            protocol.factory(runner.server, proxy.settings, proxy.metrics),
+            lane.factory if lane is not None else slow,
             host,
             port,
             backlog=2048,
@@ -162,7 +165,10 @@ async def _run(
     if orphaned is not None:
         orphaned.cancel()
     log.info("shutting down: finishing in-flight calls")
+    proxy.stopping = True
     listener.close()
+    if lane is not None:
+        await lane.drain(SHUTDOWN_TIMEOUT)
     await runner.cleanup()
     await proxy.recorder.stop()
     proxy.spool.rescan()
