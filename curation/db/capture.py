@@ -205,7 +205,7 @@ async def _attach_feedback(conn: AsyncConnection) -> None:
         if f["correction"] is not None and (key not in latest or f["id"] > latest[key]["id"]):
             latest[key] = f
     if latest:
-        await feedback._propose(conn, latest.values())  # the one place proposals are made
+        await feedback.propose(conn, latest.values())  # the one place proposals are made
 
 
 async def set_checkpoint(

@@ -16,13 +16,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
-from curation.capture.row import Row
 from curation.db import queries
 from curation.db.connect import Connection
 from curation.db.errors import CONNECTION_ERRORS, wrap_errors
@@ -95,52 +93,13 @@ async def _add(conn: AsyncConnection, event: Event) -> Stored:
         assert row is not None  # the claim above made sure the mapping exists
         proposed = 0
         if row["row_id"] is not None and event.correction is not None:
-            proposed = await _propose(conn, [{**row, "correction": event.correction}])
+            proposed = await propose(conn, [{**row, "correction": event.correction}])
     return Stored(
         id=int(row["id"]), namespace=row["namespace"], row_id=row["row_id"], proposed=proposed > 0
     )
 
 
-async def record_calls(
-    conn: AsyncConnection, rows: Sequence[Row], written: Sequence[dict[str, Any]]
-) -> None:
-    """The writer, after upserting ``rows`` from ``capture_staging`` (``written``: the rows
-    the upsert returned): map the call ids to their rows, then attach (and propose) the
-    feedback that came before them. Matched here by key rather than looked up per row,
-    so no plan over the namespace table can make a batch slow."""
-    if not any(r.call_id for r in rows):
-        return
-    row_ids = {(w["namespace"], w["user_prompt_key"]): int(w["id"]) for w in written}
-    cur = await conn.execute(queries.get("feedback_staged_keys"))
-    calls: dict[str, tuple[str, int, datetime]] = {}
-    for staged in await cur.fetchall():
-        r = rows[staged["ord"]]
-        row_id = row_ids.get((r.namespace, staged["key"]))
-        if r.call_id is not None and row_id is not None:
-            calls.setdefault(r.call_id, (r.namespace, row_id, r.seen_at))
-    ids = list(calls)
-    if not ids:
-        return
-    await conn.execute(
-        queries.get("feedback_map_calls"),
-        {
-            "ids": ids,
-            "namespaces": [c[0] for c in calls.values()],
-            "row_ids": [c[1] for c in calls.values()],
-            "at": [c[2] for c in calls.values()],
-        },
-    )
-    cur = await conn.execute(queries.get("feedback_attach"), {"ids": ids})
-    latest: dict[tuple[str, int], dict[str, Any]] = {}
-    for f in await cur.fetchall():
-        key = (f["namespace"], f["row_id"])
-        if f["correction"] is not None and (key not in latest or f["id"] > latest[key]["id"]):
-            latest[key] = f
-    if latest:
-        await _propose(conn, latest.values())
-
-
-async def _propose(conn: AsyncConnection, attached: Iterable[dict[str, Any]]) -> int:
+async def propose(conn: AsyncConnection, attached: Iterable[dict[str, Any]]) -> int:
     """Each correction becomes its row's proposal (as the curator "feedback")."""
     done = 0
     await conn.execute(queries.get("feedback_as_curator"), {"curator": CURATOR})

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -93,6 +93,7 @@ class Relay:
     metrics: Metrics
     spool: spool.Spool
     background: shadow.Background
+    _cache: dict[tuple[object, ...], Any] = field(default_factory=dict, init=False, repr=False)
 
     def spool_capture(self, capture: Capture) -> None:
         try:
@@ -102,6 +103,16 @@ class Relay:
             log.error("could not spool a capture of namespace %s: %s", capture.namespace, exc)
             return
         self.metrics.spooled.inc()
+
+    def _series(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once: prometheus_client takes a lock and
+        builds a key on every ``labels`` call, and this runs for every call. Label values
+        are bounded (namespaces that exist, kinds, statuses), and no series is removed."""
+        key = (id(metric), *labels)
+        series = self._cache.get(key)
+        if series is None:
+            series = self._cache[key] = metric.labels(*labels)
+        return series
 
     def student_failed(self, call: Call) -> None:
         """Tally a failure of the student: its call failed, or its answer broke off."""
@@ -147,8 +158,10 @@ class Relay:
         """Count the call; added latency = time to the response head minus upstream time."""
         if t_headers is not None:
             self.metrics.added_latency.observe(max(0.0, call.t_up - call.t0 + after))
-            self.metrics.upstream_latency.labels(call.kind).observe(time.perf_counter() - call.t_up)
-        self.metrics.requests.labels(call.label, call.kind, str(status)).inc()
+            self._series(self.metrics.upstream_latency, call.kind).observe(
+                time.perf_counter() - call.t_up
+            )
+        self._series(self.metrics.requests, call.label, call.kind, str(status)).inc()
         if self.settings.access_log:
             access.info(
                 "request",

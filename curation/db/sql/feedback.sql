@@ -33,36 +33,6 @@ WHERE namespace = %(namespace)s AND id = %(row_id)s
   AND (proposed_response IS NULL OR proposed_by LIKE 'feedback #%%')
 RETURNING id
 
--- name: feedback_staged_keys
--- The writer, after the batch's upsert: the row key of each staged call with an
--- id (as user_prompt_key computes it), to match against the rows the upsert returned.
-SELECT ord, md5(lower(user_prompt::text))::uuid AS key
-FROM capture_staging
-WHERE call_id IS NOT NULL
-
--- name: feedback_map_calls
--- Each recorded call's id -> its row (a repeat's id maps to the row it repeats). A
--- placeholder left by feedback that came first is filled in, after that
--- feedback's transaction if it is still open.
-INSERT INTO recorded_call AS c (id, namespace, row_id, recorded_at)
--- (the arrays travel in binary: their text form costs the writer ~10 ms a batch)
-SELECT * FROM unnest(%(ids)b::uuid[], %(namespaces)b::text[], %(row_ids)b::bigint[],
-                     %(at)b::timestamptz[])
-ON CONFLICT (id) DO UPDATE
-SET namespace = excluded.namespace, row_id = excluded.row_id, recorded_at = excluded.recorded_at
-WHERE c.row_id IS NULL
-
--- name: feedback_attach
--- Then feedback that came before its call was recorded is attached (a statement
--- of its own, so it sees feedback committed while the one above waited for it).
--- Driven by the batch's ids (a probe each), a plan that stays fast when prepared.
-UPDATE feedback f
-SET namespace = c.namespace, row_id = c.row_id
-FROM unnest(%(ids)b::uuid[]) AS b(id)
-JOIN recorded_call c ON c.id = b.id
-WHERE f.call_id = b.id AND f.row_id IS NULL AND c.row_id IS NOT NULL
-RETURNING f.id, f.namespace, f.row_id, f.correction::text AS correction
-
 -- name: feedback_counts
 SELECT count(*) FILTER (WHERE score > 0) AS positive,
        count(*) FILTER (WHERE score < 0) AS negative,
