@@ -9,6 +9,7 @@ import json
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 
@@ -182,3 +183,34 @@ def test_with_the_fast_lane_off_aiohttp_answers_everything(start_proxy: Start, d
             assert status == 200 and "x-curation-id" in headers
     assert "curation_lane_total{" not in metrics(proxy)  # no fast lane: nothing handed over
     wait_for(lambda: recorded(db_url) == {"off one", "off two"})
+
+
+def test_a_head_that_never_ends_is_handed_to_aiohttp_and_refused(start_proxy: Start) -> None:
+    """httptools buffers an unfinished header line, copying it at every read: past
+    HEAD_CAP the connection goes to aiohttp, whose line limit refuses it (431)."""
+    proxy = start_proxy()
+    lanes = Lanes(proxy)
+    buffered = bytearray()
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+        s.sendall(f"POST /ns/{NS}/v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-A: ".encode())
+        s.sendall(b"a" * 200_000)
+        status, _, body = read_answer(s, buffered)
+    assert status == 431 and json.loads(body)["error"]["code"] == "request_header_too_large"
+    assert lanes() == (0, 1)
+
+
+def test_a_client_that_reads_nothing_gets_no_more_answers(
+    start_proxy: Start, fake_openai: Any
+) -> None:
+    """Pipelined requests wait while the client leaves answers unread, as aiohttp's
+    side waits: a client cannot make the proxy buffer (and the upstream bill) answers."""
+    fake_openai.raw["big"] = ("application/json", b'{"x": "' + b"y" * 1_000_000 + b'"}')
+    proxy = start_proxy()
+    lanes = Lanes(proxy)
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", proxy.port))
+        s.sendall(b"".join(request(f"big {i}", extra="X-Fake-Raw: big\r\n") for i in range(40)))
+        time.sleep(2.0)
+        fast, _ = lanes()
+        assert 1 <= fast <= 5

@@ -379,3 +379,46 @@ def test_an_https_upstream_is_verified_and_reused(certificate: tuple[str, str]) 
         os.environ.pop("SSL_CERT_FILE", None)
         if before is not None:
             os.environ["SSL_CERT_FILE"] = before
+
+
+@run
+async def test_informational_answers_are_skipped_and_odd_bytes_survive() -> None:
+    """A 103 Early Hints (and a 100) come before the answer, which is the one returned;
+    header bytes that are not UTF-8 go up and come back unchanged."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nX-Odd: caf\xc3\xa9 \xff\r\nContent-Length: 2\r\n\r\nok"
+        )
+        await writer.drain()
+        await reader.read()
+
+    async with server(script) as (url, heads):
+        p = pool(url)
+        r = await p.request("POST", "/v1/x", {"X-User": "caf\u00e9 \udcff"}, b"{}")
+        assert r.status == 200 and "Link" not in r.headers
+        assert r.headers["X-Odd"].encode("utf-8", "surrogateescape") == b"caf\xc3\xa9 \xff"
+        assert await r.read() == b"ok"
+        r.release()
+        assert b"X-User: caf\xc3\xa9 \xff\r\n" in heads[0]
+        await p.close()
+
+
+@run
+async def test_bytes_after_a_whole_answer_close_the_connection_quietly() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async with server(script) as (url, _):
+        p = pool(url)
+        r = await p.request("POST", "/v1/x", {}, b"{}")
+        assert await r.read() == b"ok"
+        r.release()
+        await asyncio.sleep(0.1)
+        assert not p.open and not p.idle  # closed: nobody asked for those bytes
+        await p.close()

@@ -47,6 +47,7 @@ log = logging.getLogger("curation.proxy")
 
 KINDS = {"chat.completions": "chat", "responses": "responses"}
 HIGH_WATER = 1 << 16  # a client reading slowly: wait before writing more
+HEAD_CAP = 64 * 1024  # a request head longer than this is aiohttp's (its per-line limits)
 BODY_GRACE = 0.5  # a body not whole this long after its head is aiohttp's to read and time
 
 
@@ -80,7 +81,11 @@ class Lane:
     async def drain(self, timeout: float) -> None:
         """At shutdown: idle connections closed, calls in flight finished (up to ``timeout``)."""
         for front in list(self.connections):
-            if not front.busy:
+            if front.busy:
+                continue
+            if front.raw:  # a request on its way in: aiohttp's shutdown waits for it
+                front._hand_over()
+            else:
                 front.close()
         if self.calls:
             await asyncio.wait(list(self.calls), timeout=timeout)
@@ -99,6 +104,7 @@ class Front(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.busy = False  # a call in flight: its answer is being written
         self.wrote = False  # some of its answer was written
+        self.closing = False  # its answer is the connection's last
         self.gone = False  # the client's connection is lost
         self.admitted = False
         self.handed = False
@@ -114,6 +120,7 @@ class Front(asyncio.Protocol):
         self.head_length = 0
         self.content_length = 0
         self.whole = False
+        self.head_seen = False
 
     # -- asyncio ---------------------------------------------------------
 
@@ -160,6 +167,11 @@ class Front(asyncio.Protocol):
     def _parse(self) -> None:
         if not self.raw or self.fed >= len(self.raw):
             return
+        if not self.head_seen and len(self.raw) > HEAD_CAP:
+            # httptools buffers a header line until its end, copying it at every read:
+            # a long one would cost quadratic CPU here before any limit could be checked
+            self._hand_over()
+            return
         try:
             self.parser.feed_data(bytes(self.raw[self.fed :]))
             self.fed = len(self.raw)
@@ -182,11 +194,15 @@ class Front(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(name) > protocol.MAX_HEADER_BYTES or len(value) > protocol.MAX_HEADER_BYTES:
             raise HandOver
-        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        # as aiohttp decodes them, so bytes that are not UTF-8 survive the round trip
+        self.headers.append(
+            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+        )
         if len(self.headers) > protocol.MAX_HEADERS:
             raise HandOver
 
     def on_headers_complete(self) -> None:
+        self.head_seen = True
         head = self.raw.find(b"\r\n\r\n")
         if head < 0 or not self.raw.startswith(b"POST "):
             raise HandOver
@@ -226,6 +242,7 @@ class Front(asyncio.Protocol):
         self.fed = 0
         self.parser = httptools.HttpRequestParser(self)
         self.busy, self.wrote = True, False
+        self.closing = not keep_alive
         self.lane.fast.inc()
         task = self.loop.create_task(self._call(call, keep_alive))
         self.lane.calls.add(task)
@@ -336,8 +353,10 @@ class Front(asyncio.Protocol):
                     answer.release()
         except Exception:
             log.exception("the proxy failed on a request")
-            keep_alive = False
-            if not self.wrote:
+            keep_alive = self.closing = False
+            if self.wrote:
+                self.proxy.relay.done(call, 500)
+            else:
                 self._refuse(
                     call,
                     Refusal(
@@ -348,6 +367,8 @@ class Front(asyncio.Protocol):
                     ),
                 )
         finally:
+            if self.writable is not None and not self.gone:
+                await self.writable  # a client not reading: its next request waits
             self._done(keep_alive)
 
     async def _plain(self, call: Call, answer: Response) -> None:
@@ -381,8 +402,10 @@ class Front(asyncio.Protocol):
             relay.record(call, answer, data, streamed=False)
         else:
             self.proxy.metrics.unrecorded.labels("status").inc()
-        head = _head(answer, call, recorded)
-        head.append(b"Content-Length: %d\r\n\r\n" % len(data))
+        head = _head(answer, call, recorded, self._closing())
+        if answer.status not in (204, 304):
+            head.append(b"Content-Length: %d\r\n" % len(data))
+        head.append(b"\r\n")
         head.append(data)
         self._write(b"".join(head))
         relay.done(call, answer.status, t_done, time.perf_counter() - t_done)
@@ -392,7 +415,7 @@ class Front(asyncio.Protocol):
         relay, metrics = self.proxy.relay, self.proxy.metrics
         call.kind += "_stream"
         record = 200 <= answer.status < 300
-        head = _head(answer, call, record)
+        head = _head(answer, call, record, self._closing())
         head.append(b"Transfer-Encoding: chunked\r\n\r\n")
         self._write(b"".join(head))
         t_first = time.perf_counter()
@@ -439,9 +462,19 @@ class Front(asyncio.Protocol):
             routing.error_body(str(refusal), refusal.code, refusal.kind, refusal.param)
         )
         self._write(
-            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-            % (refusal.status, _phrase(refusal.status), len(body), body)
+            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n%s"
+            % (
+                refusal.status,
+                _phrase(refusal.status),
+                len(body),
+                b"Connection: close\r\n" if self._closing() else b"",
+                body,
+            )
         )
+
+    def _closing(self) -> bool:
+        """This answer is the connection's last: the client is told so."""
+        return self.closing or self.proxy.stopping
 
     def _write(self, data: bytes) -> None:
         self.wrote = True
@@ -489,14 +522,16 @@ class Front(asyncio.Protocol):
             self.transport.close()
 
 
-def _head(answer: Response, call: Call, recorded: bool) -> list[bytes]:
+def _head(answer: Response, call: Call, recorded: bool, closing: bool) -> list[bytes]:
     """The status line and the upstream's headers as the client gets them."""
     lines = [b"HTTP/1.1 %d %s\r\n" % (answer.status, _phrase(answer.status))]
     for key, value in answer.headers.items():
         if key.lower() not in routing.HOP_BY_HOP:
-            lines.append(f"{key}: {value}\r\n".encode("latin-1"))
+            lines.append(f"{key}: {value}\r\n".encode("utf-8", "surrogateescape"))
     if recorded and call.call_id is not None:
-        lines.append(f"{feedback.HEADER}: {call.call_id}\r\n".encode("latin-1"))
+        lines.append(f"{feedback.HEADER}: {call.call_id}\r\n".encode())
+    if closing:
+        lines.append(b"Connection: close\r\n")
     return lines
 
 

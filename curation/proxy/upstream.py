@@ -202,6 +202,7 @@ class _Connection(asyncio.Protocol):
         self.last_read = 0.0
         self.paused = False
         self.until_close = False  # the body ends when the upstream closes the connection
+        self.informational = False  # reading a 1xx answer, which the real one follows
         self.timer: asyncio.TimerHandle | None = None
 
     # -- asyncio ---------------------------------------------------------
@@ -229,20 +230,36 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self.response._fail(Cut(f"the upstream's answer is not valid HTTP: {exc}"))
+            if self.response is not None:
+                self.response._fail(Cut(f"the upstream's answer is not valid HTTP: {exc}"))
             self.close()
 
     # -- httptools -------------------------------------------------------
 
+    def _current(self) -> Response:
+        """The response being read; bytes after a whole answer stop the parser (the
+        connection is then closed: nobody asked for them)."""
+        if self.response is None:
+            raise Cut("the upstream sent bytes after its answer")
+        return self.response
+
+    def on_message_begin(self) -> None:
+        self._current()._raw.clear()  # an informational answer's headers are not kept
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        assert self.response is not None
-        self.response._raw.append((name.decode("latin-1"), value.decode("latin-1")))
+        # as aiohttp decodes them: bytes that are not UTF-8 survive the round trip
+        self._current()._raw.append(
+            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+        )
 
     def on_headers_complete(self) -> None:
-        assert self.response is not None
+        response = self._current()
         status = self.parser.get_status_code()
-        self.response._headers_done(status)
-        headers = self.response.headers
+        self.informational = 100 <= status < 200 and status != 101
+        if self.informational:
+            return  # 100 Continue, 103 Early Hints: the answer follows on this connection
+        response._headers_done(status)
+        headers = response.headers
         self.until_close = (
             "Content-Length" not in headers
             and "chunked" not in headers.get("Transfer-Encoding", "").lower()
@@ -251,13 +268,15 @@ class _Connection(asyncio.Protocol):
         )
 
     def on_body(self, body: bytes) -> None:
-        assert self.response is not None
-        self.response._feed(body)
+        self._current()._feed(body)
 
     def on_message_complete(self) -> None:
-        response, self.response = self.response, None
+        if self.informational:
+            self.informational = False
+            return
+        response = self._current()
+        self.response = None
         self._stop_timer()
-        assert response is not None
         response._finish(self.parser.should_keep_alive())
 
     # -- the pool's side ---------------------------------------------------
@@ -348,7 +367,7 @@ class Pool:
             if key.lower() not in OWN:
                 head.append(f"{key}: {value}\r\n")
         head.append(f"Content-Length: {len(body)}\r\n\r\n")
-        data = "".join(head).encode("latin-1") + body
+        data = "".join(head).encode("utf-8", "surrogateescape") + body
         conn = await self._acquire()
         response = conn.send(data, self.read_timeout)
         try:
@@ -390,8 +409,10 @@ class Pool:
                     if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                         self._give(waiter.result())  # handed over as we were cancelled: pass on
                     raise
-                if handed is not None:
+                if handed is not None and handed.usable(loop.time()):
                     return handed
+                if handed is not None:  # closed by the upstream since it was put back
+                    handed.close()
             return await self._connect()
 
     async def _connect(self) -> _Connection:
