@@ -36,7 +36,7 @@ from curation.proxy import (
 from curation.proxy.admission import Refusal
 from curation.proxy.metrics import Metrics, ServingCollector
 from curation.proxy.recorder import Recorder
-from curation.proxy.relay import Answer, Call, Relay
+from curation.proxy.relay import Answer, Call, Relay, upstream_failed, upstream_timeout
 from curation.proxy.serving import Serving, ServingTable
 from curation.rollout.decider import Decider
 
@@ -134,25 +134,12 @@ class Proxy:
         except TimeoutError:
             self.metrics.upstream_errors.labels("timeout").inc()
             self.relay.student_failed(call)
-            return self.relay.answer(
-                call,
-                Refusal(
-                    504, "The upstream did not answer in time.", "upstream_timeout", "api_error"
-                ),
-            )
+            return self.relay.answer(call, upstream_timeout())
         except (aiohttp.ClientError, upstream.UpstreamError) as exc:
             self.metrics.upstream_errors.labels("connect").inc()
             self.relay.student_failed(call)
             log.warning("upstream unreachable: %s", exc)
-            return self.relay.answer(
-                call,
-                Refusal(
-                    502,
-                    f"The upstream is unreachable: {type(exc).__name__}.",
-                    "upstream_unreachable",
-                    "api_error",
-                ),
-            )
+            return self.relay.answer(call, upstream_failed(exc))
         if answer.status >= 500:
             self.relay.student_failed(call)
         return await self._finish(request, answer, call)

@@ -39,7 +39,7 @@ from prometheus_client import Counter
 from curation.proxy import feedback, protocol, routing
 from curation.proxy.admission import Refusal, check_key
 from curation.proxy.app import Proxy, upstream_raw_path
-from curation.proxy.relay import Call
+from curation.proxy.relay import Call, upstream_failed, upstream_timeout
 from curation.proxy.sse import EndOfStream
 from curation.proxy.upstream import Cut, Response, UpstreamError
 
@@ -322,27 +322,11 @@ class Front(asyncio.Protocol):
                 answer = await proxy.pool.request("POST", self.target, headers, call.body)
             except TimeoutError:
                 proxy.metrics.upstream_errors.labels("timeout").inc()
-                self._refuse(
-                    call,
-                    Refusal(
-                        504,
-                        "The upstream did not answer in time.",
-                        "upstream_timeout",
-                        "api_error",
-                    ),
-                )
+                self._refuse(call, upstream_timeout())
             except UpstreamError as exc:
                 proxy.metrics.upstream_errors.labels("connect").inc()
                 log.warning("upstream unreachable: %s", exc)
-                self._refuse(
-                    call,
-                    Refusal(
-                        502,
-                        f"The upstream is unreachable: {type(exc).__name__}.",
-                        "upstream_unreachable",
-                        "api_error",
-                    ),
-                )
+                self._refuse(call, upstream_failed(exc))
             else:
                 try:
                     if answer.content_type == "text/event-stream":
@@ -377,24 +361,11 @@ class Front(asyncio.Protocol):
             data = await answer.read()
         except TimeoutError:
             self.proxy.metrics.upstream_errors.labels("timeout").inc()
-            self._refuse(
-                call,
-                Refusal(
-                    504, "The upstream did not finish in time.", "upstream_timeout", "api_error"
-                ),
-            )
+            self._refuse(call, upstream_timeout("finish"))
             return
         except UpstreamError as exc:
             self.proxy.metrics.upstream_errors.labels("cut").inc()
-            self._refuse(
-                call,
-                Refusal(
-                    502,
-                    f"The upstream broke off: {type(exc).__name__}.",
-                    "upstream_unreachable",
-                    "api_error",
-                ),
-            )
+            self._refuse(call, upstream_failed(exc, "broke off"))
             return
         t_done = time.perf_counter()
         recorded = 200 <= answer.status < 300

@@ -42,6 +42,18 @@ UPSTREAM_CUT = (
 )
 
 
+def upstream_timeout(what: str = "answer") -> Refusal:
+    """The proxy's 504 when the upstream did not ``answer`` (its head) or ``finish`` in time."""
+    return Refusal(504, f"The upstream did not {what} in time.", "upstream_timeout", "api_error")
+
+
+def upstream_failed(exc: BaseException, how: str = "is unreachable") -> Refusal:
+    """The proxy's 502 when the upstream ``is unreachable`` or ``broke off``."""
+    return Refusal(
+        502, f"The upstream {how}: {type(exc).__name__}.", "upstream_unreachable", "api_error"
+    )
+
+
 class Body(Protocol):
     def iter_any(self) -> AsyncIterator[bytes]: ...
 
@@ -240,24 +252,11 @@ class Relay:
         except TimeoutError:
             self.metrics.upstream_errors.labels("timeout").inc()
             self.student_failed(call)
-            return self.answer(
-                call,
-                Refusal(
-                    504, "The upstream did not finish in time.", "upstream_timeout", "api_error"
-                ),
-            )
+            return self.answer(call, upstream_timeout("finish"))
         except (aiohttp.ClientError, UpstreamError) as exc:
             self.metrics.upstream_errors.labels("cut").inc()
             self.student_failed(call)
-            return self.answer(
-                call,
-                Refusal(
-                    502,
-                    f"The upstream broke off: {type(exc).__name__}.",
-                    "upstream_unreachable",
-                    "api_error",
-                ),
-            )
+            return self.answer(call, upstream_failed(exc, "broke off"))
         t_done = time.perf_counter()
         recorded = call.record and 200 <= upstream.status < 300
         if recorded:
