@@ -54,6 +54,7 @@ class Proxy:
     serving: ServingTable
     session: aiohttp.ClientSession | None = None
     pool: upstream.Pool | None = None  # recorded calls to the upstream (the hot path)
+    students: upstream.Pools | None = None  # served namespaces' students, by endpoint
     _supervisor: asyncio.Task[None] = field(init=False)
     namespaces: admission.NamespaceCap = field(init=False)
     stopping: bool = field(default=False, init=False)  # shutting down: no new keep-alive
@@ -152,11 +153,12 @@ class Proxy:
 
     async def _ask_student(
         self, request: web.Request, served: Serving, body: bytes, call: Call
-    ) -> aiohttp.ClientResponse | None:
+    ) -> upstream.Response | None:
         """The student's response, or None (counted) when the teacher must answer instead."""
         assert self.session is not None
+        assert self.students is not None
         outcome = await student.ask(
-            self.session,
+            self.students,
             served,
             body,
             request.headers,
@@ -233,6 +235,11 @@ class Proxy:
             connect_timeout=s.upstream_connect_timeout,
             read_timeout=s.upstream_read_timeout,
         )
+        self.students = upstream.Pools(
+            limit=s.upstream_max_connections,
+            connect_timeout=s.upstream_connect_timeout,
+            read_timeout=s.upstream_read_timeout,
+        )
         self.recorder.start()
         self._supervisor = asyncio.create_task(self.recorder.supervise(), name="curation-recorder")
         self.serving.start()
@@ -250,6 +257,8 @@ class Proxy:
         self._supervisor.cancel()
         if self.pool is not None:
             await self.pool.close()
+        if self.students is not None:
+            await self.students.close()
         if self.session is not None:
             await self.session.close()
 

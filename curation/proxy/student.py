@@ -21,8 +21,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import aiohttp
-
+from curation.proxy import upstream
 from curation.proxy.serving import Serving
 
 if TYPE_CHECKING:
@@ -35,8 +34,8 @@ log = logging.getLogger("curation.student")
 class Answer:
     """The student answered: a 2xx response, read as far as the client may need it."""
 
-    response: aiohttp.ClientResponse
-    head: bytes = b""  # streams: the first chunk, already read off ``response.content``
+    response: upstream.Response
+    head: bytes = b""  # streams: the first chunk, already read off ``response``
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ def request_headers(client: Mapping[str, str], api_key: str | None) -> dict[str,
 
 
 async def ask(
-    session: aiohttp.ClientSession,
+    pools: upstream.Pools,
     served: Serving,
     body: bytes,
     client_headers: Mapping[str, str],
@@ -75,19 +74,17 @@ async def ask(
     """Send the rewritten ``body`` to the student's ``path``; an Answer, or why to fall back."""
     assert served.endpoint is not None
     url = chat_url(served.endpoint, path)
-    response: aiohttp.ClientResponse | None = None
+    response: upstream.Response | None = None
     try:
         async with asyncio.timeout(budget):
-            response = await session.post(
-                url,
-                data=body,
-                headers=request_headers(client_headers, served.api_key),
-                allow_redirects=False,
+            pool = pools.get(served.endpoint)
+            response = await pool.request(
+                "POST", path, request_headers(client_headers, served.api_key), body
             )
             return await _first_bytes(response)
     except TimeoutError:
         outcome = Fallback("timeout", f"no answer from {url} within {budget:g}s")
-    except aiohttp.ClientError as exc:
+    except (upstream.UpstreamError, ValueError) as exc:
         reason = "connect" if response is None else "cut"
         outcome = Fallback(reason, f"{url}: {type(exc).__name__}: {exc}")
     except asyncio.CancelledError:  # the client went away while the student thought
@@ -99,13 +96,13 @@ async def ask(
     return outcome
 
 
-async def _first_bytes(response: aiohttp.ClientResponse) -> Answer | Fallback:
+async def _first_bytes(response: upstream.Response) -> Answer | Fallback:
     if not 200 <= response.status < 300:
         detail = (await response.read())[:300].decode("utf-8", "replace")
         response.release()
         return Fallback(f"status_{response.status // 100}xx", f"{response.status}: {detail}")
     if response.content_type == "text/event-stream":
-        head = await response.content.readany()
+        head = await response.readany()
         if not head:
             response.close()
             return Fallback("cut", "the stream ended before its first chunk")

@@ -93,6 +93,7 @@ class Response:
         self._head: asyncio.Future[None] = conn.loop.create_future()
         self._released = False
         self._streaming = False  # iter_any() reads it: a full buffer pauses the upstream
+        self._body: bytes | None = None
 
     @property
     def content_type(self) -> str:
@@ -107,11 +108,23 @@ class Response:
         return self
 
     async def read(self) -> bytes:
-        """The whole body."""
-        while not self._complete:
+        """The whole body (kept: reading it again returns it, as aiohttp's does)."""
+        if self._body is None:
+            while not self._complete:
+                await self._wait()
+            self._body = b"".join(self._chunks)
+            self._chunks.clear()
+        return self._body
+
+    async def readany(self) -> bytes:
+        """What has arrived of the body, waiting for some; b"" at its end."""
+        self._streaming = True
+        while not self._chunks and not self._complete:
             await self._wait()
         data = b"".join(self._chunks)
         self._chunks.clear()
+        self._buffered = 0
+        self._conn.resume()
         return data
 
     async def iter_any(self) -> AsyncIterator[bytes]:
@@ -463,3 +476,37 @@ class Pool:
         """A slot opened: the first waiter may connect."""
         if len(self.open) + self.connecting < self.limit:
             self._give(None)
+
+
+class Pools:
+    """One pool per base URL, made on first use: the students' endpoints."""
+
+    def __init__(
+        self, *, limit: int, connect_timeout: float, read_timeout: float, keepalive: float = 60.0
+    ) -> None:
+        self.options = {
+            "limit": limit,
+            "connect_timeout": connect_timeout,
+            "read_timeout": read_timeout,
+            "keepalive": keepalive,
+        }
+        self.pools: dict[str, Pool] = {}
+
+    def get(self, base_url: str) -> Pool:
+        """The pool for ``base_url``; ValueError if it is not http(s)://host[:port][/path]."""
+        key = base_url.rstrip("/")
+        pool = self.pools.get(key)
+        if pool is None:
+            o = self.options
+            pool = self.pools[key] = Pool(
+                key,
+                limit=int(o["limit"]),
+                connect_timeout=o["connect_timeout"],
+                read_timeout=o["read_timeout"],
+                keepalive=o["keepalive"],
+            )
+        return pool
+
+    async def close(self) -> None:
+        for pool in self.pools.values():
+            await pool.close()
