@@ -32,6 +32,24 @@ def student_api() -> Iterator[Running]:
         yield running
 
 
+@pytest.fixture
+def shadowed(
+    db_url: str, conn: Conn, student_api: Running, start_proxy: Callable[..., ProxyProcess]
+) -> Callable[..., ProxyProcess]:
+    """Serve the namespace by the student at ``student_api`` (``serve``'s columns), start a
+    proxy with the student's key (and ``env``) and, unless ``warm`` is off, wait until it
+    has read the serving settings."""
+
+    def start(env: dict[str, str] | None = None, warm: bool = True, **columns: Any) -> ProxyProcess:
+        serve(conn, f"{student_api.url}/v1", **columns)
+        proxy = start_proxy(STUDENT_KEY=KEY, **(env or {}))
+        if warm:
+            warm_up(db_url, proxy)
+        return proxy
+
+    return start
+
+
 def serve(conn: Conn, endpoint: str | None, **columns: Any) -> None:
     """The namespace served by the student, its shares set as the rollout (or a person) sets them."""
     conn.execute("SELECT curation_create_namespace('locations')")
@@ -116,14 +134,10 @@ def tallies(db_url: str) -> dict[str, int]:
 
 def test_shadow_compares_the_student_without_slowing_the_client(
     db_url: str,
-    conn: Conn,
-    fake_openai: FakeOpenAI,
     student_api: Running,
-    start_proxy: Callable[..., ProxyProcess],
+    shadowed: Callable[..., ProxyProcess],
 ) -> None:
-    serve(conn, f"{student_api.url}/v1")
-    proxy = start_proxy(STUDENT_KEY=KEY)
-    warm_up(db_url, proxy)
+    proxy = shadowed()
     student_api.fake.delay = 2.0
 
     started = time.monotonic()
@@ -164,13 +178,10 @@ def test_shadow_compares_the_student_without_slowing_the_client(
 def test_a_failing_student_is_an_error_in_the_comparison_and_nothing_to_the_client(
     db_url: str,
     conn: Conn,
-    fake_openai: FakeOpenAI,
     student_api: Running,
-    start_proxy: Callable[..., ProxyProcess],
+    shadowed: Callable[..., ProxyProcess],
 ) -> None:
-    serve(conn, f"{student_api.url}/v1")
-    proxy = start_proxy(STUDENT_KEY=KEY, CURATION_BACKGROUND_TIMEOUT="1")
-    warm_up(db_url, proxy)
+    proxy = shadowed(env={"CURATION_BACKGROUND_TIMEOUT": "1"})
 
     def broken(request: dict[str, Any]) -> str:
         raise RuntimeError("the student crashed")
@@ -195,13 +206,10 @@ def test_a_failing_student_is_an_error_in_the_comparison_and_nothing_to_the_clie
 
 def test_watch_asks_the_teacher_with_the_clients_own_call(
     db_url: str,
-    conn: Conn,
     fake_openai: FakeOpenAI,
-    student_api: Running,
-    start_proxy: Callable[..., ProxyProcess],
+    shadowed: Callable[..., ProxyProcess],
 ) -> None:
-    serve(conn, f"{student_api.url}/v1", serve_percent=100, serve_watch_percent=100)
-    proxy = start_proxy(STUDENT_KEY=KEY)
+    proxy = shadowed(warm=False, serve_percent=100, serve_watch_percent=100)
     wait_for(lambda: ask(proxy, "warm up")[1] == STUDENT, timeout=15, interval=0.3)
     fake_openai.answers[BASE] = lambda request: "The teacher says Lyon"
 
@@ -271,11 +279,9 @@ def test_responses_calls_are_shadowed_and_watched(
     conn: Conn,
     fake_openai: FakeOpenAI,
     student_api: Running,
-    start_proxy: Callable[..., ProxyProcess],
+    shadowed: Callable[..., ProxyProcess],
 ) -> None:
-    serve(conn, f"{student_api.url}/v1")
-    proxy = start_proxy(STUDENT_KEY=KEY)
-    warm_up(db_url, proxy)
+    proxy = shadowed()
 
     call_id, model, text = respond(proxy, "I live in Lyon")
     assert (model, text) == (BASE, "Answer to: I live in Lyon")

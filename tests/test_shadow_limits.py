@@ -15,12 +15,11 @@ from aiohttp import web
 
 from tests import test_shadow
 from tests.background import BackgroundApp
-from tests.fake_openai import FakeOpenAI, Running
+from tests.fake_openai import Running
 from tests.harness import ProxyProcess, query, wait_for
 from tests.test_proxy_faults import scripted
 from tests.test_shadow import (
     BASE,
-    KEY,
     MESSAGES,
     STUDENT,
     Conn,
@@ -29,24 +28,19 @@ from tests.test_shadow import (
     metrics,
     serve,
     tallies,
-    warm_up,
 )
 
-student_api = test_shadow.student_api  # the fixture: the student's engine
+student_api = test_shadow.student_api  # the fixtures: the student's engine
+shadowed = test_shadow.shadowed  # and a proxy shadowing it
 
 
 def test_over_the_budget_background_calls_are_dropped_and_counted(
-    db_url: str,
-    conn: Conn,
-    fake_openai: FakeOpenAI,
-    student_api: Running,
-    start_proxy: Callable[..., ProxyProcess],
+    db_url: str, shadowed: Callable[..., ProxyProcess]
 ) -> None:
-    serve(conn, f"{student_api.url}/v1", shadow_per_minute=1)
     if time.time() % 60 > 45:  # the budget is per minute: keep the calls inside one
         time.sleep(61 - time.time() % 60)
-    proxy = start_proxy(STUDENT_KEY=KEY)
-    warm_up(db_url, proxy)  # the minute's one shadow call (or more, across a minute's turn)
+    # warmed up by the minute's one shadow call (or more, across a minute's turn)
+    proxy = shadowed(shadow_per_minute=1)
     before = query(db_url, "SELECT count(*) AS n FROM shadow_comparison")[0]["n"]
     ids = [ask(proxy, f"I live in town {i}")[0] for i in range(4)]
     line = 'curation_background_dropped_total{namespace="locations",reason="budget"}'
@@ -60,15 +54,10 @@ def test_over_the_budget_background_calls_are_dropped_and_counted(
 
 
 def test_over_the_concurrency_limit_background_calls_are_dropped(
-    db_url: str,
-    conn: Conn,
-    fake_openai: FakeOpenAI,
     student_api: Running,
-    start_proxy: Callable[..., ProxyProcess],
+    shadowed: Callable[..., ProxyProcess],
 ) -> None:
-    serve(conn, f"{student_api.url}/v1")
-    proxy = start_proxy(STUDENT_KEY=KEY, CURATION_BACKGROUND_CONCURRENCY="1")
-    warm_up(db_url, proxy)
+    proxy = shadowed(env={"CURATION_BACKGROUND_CONCURRENCY": "1"})
     student_api.fake.delay = 3.0
     for i in range(3):
         ask(proxy, f"I live in town {i}")  # the first holds the one slot for 3 s
@@ -78,13 +67,10 @@ def test_over_the_concurrency_limit_background_calls_are_dropped(
 
 def test_tallies_count_the_students_calls_and_fallbacks(
     db_url: str,
-    conn: Conn,
-    fake_openai: FakeOpenAI,
     student_api: Running,
-    start_proxy: Callable[..., ProxyProcess],
+    shadowed: Callable[..., ProxyProcess],
 ) -> None:
-    serve(conn, f"{student_api.url}/v1", serve_percent=100, serve_shadow_percent=0)
-    proxy = start_proxy(STUDENT_KEY=KEY)
+    proxy = shadowed(warm=False, serve_percent=100, serve_shadow_percent=0)
     wait_for(lambda: ask(proxy, "warm up")[1] == STUDENT, timeout=15, interval=0.3)
 
     def broken(request: dict[str, Any]) -> str:
@@ -104,13 +90,9 @@ def test_tallies_count_the_students_calls_and_fallbacks(
 def test_comparisons_postgresql_cannot_take_break_no_call(
     db_url: str,
     conn: Conn,
-    fake_openai: FakeOpenAI,
-    student_api: Running,
-    start_proxy: Callable[..., ProxyProcess],
+    shadowed: Callable[..., ProxyProcess],
 ) -> None:
-    serve(conn, f"{student_api.url}/v1", compare="no-such-comparator-xyz")
-    proxy = start_proxy(STUDENT_KEY=KEY)
-    warm_up(db_url, proxy)
+    proxy = shadowed(compare="no-such-comparator-xyz")
     call_id, _, _ = ask(proxy, "I live in Lyon")
     row = comparison(db_url, call_id)
     assert row["agreed"] is None and row["error"].startswith("comparator: ")
@@ -127,15 +109,10 @@ def test_comparisons_postgresql_cannot_take_break_no_call(
 
 
 def test_shutdown_does_not_wait_for_background_calls(
-    db_url: str,
-    conn: Conn,
-    fake_openai: FakeOpenAI,
     student_api: Running,
-    start_proxy: Callable[..., ProxyProcess],
+    shadowed: Callable[..., ProxyProcess],
 ) -> None:
-    serve(conn, f"{student_api.url}/v1")
-    proxy = start_proxy(STUDENT_KEY=KEY)
-    warm_up(db_url, proxy)
+    proxy = shadowed()
     student_api.fake.delay = 6.0  # longer than the stop below may take
     ask(proxy, "I live in Lyon")
     time.sleep(0.3)  # the shadow call is in flight
@@ -144,16 +121,9 @@ def test_shutdown_does_not_wait_for_background_calls(
     assert time.monotonic() - started < 4
 
 
-def test_shutdown_kills_a_slow_command_comparator(
-    db_url: str,
-    conn: Conn,
-    fake_openai: FakeOpenAI,
-    student_api: Running,
-    start_proxy: Callable[..., ProxyProcess],
-) -> None:
+def test_shutdown_kills_a_slow_command_comparator(shadowed: Callable[..., ProxyProcess]) -> None:
     marker = "sleep 30.4321"  # a comparator that never answers in time
-    serve(conn, f"{student_api.url}/v1", compare=marker)
-    proxy = start_proxy(STUDENT_KEY=KEY)
+    proxy = shadowed(warm=False, compare=marker)
 
     def comparing() -> bool:
         ask(proxy, "I live in Lyon")
