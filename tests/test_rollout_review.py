@@ -145,19 +145,30 @@ def stats_params(conn: Conn) -> dict[str, Any]:
     }
 
 
+def shadow_comparison(**fields: Any) -> Comparison:
+    """An agreeing shadow comparison of FT against the teacher, with ``fields`` changed."""
+    defaults: dict[str, Any] = {
+        "call_id": str(uuid.uuid4()),
+        "namespace": "locations",
+        "kind": "shadow",
+        "teacher_model": TEACHER,
+        "student_model": FT,
+        "teacher_answer": None,
+        "student_answer": None,
+        "agreed": True,
+        "error": None,
+        "teacher_ms": 1.0,
+        "student_ms": 2.0,
+    }
+    return Comparison(**{**defaults, **fields})
+
+
 def test_a_comparison_is_stamped_when_its_call_was_launched(db_url: str, conn: Conn) -> None:
     """Written up to a flush (and a 60 s call) later, it still counts in its launch's stage."""
     conn.execute("SELECT curation_create_namespace('locations')")
     store = ShadowStore(db_url, "p:1")
     store.add(
-        Comparison(
-            call_id=str(uuid.uuid4()),
-            namespace="locations",
-            kind="shadow",
-            teacher_model=TEACHER,
-            student_model=FT,
-            teacher_answer=None,
-            student_answer=None,
+        shadow_comparison(
             agreed=None,
             error="timeout: no answer within 60s",
             teacher_ms=800.0,
@@ -186,19 +197,7 @@ def test_a_flush_cancelled_at_shutdown_keeps_what_it_held() -> None:
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     store = ShadowStore(f"postgresql://nobody@127.0.0.1:{port}/nothing", "p:1")
-    comparison = Comparison(
-        call_id=str(uuid.uuid4()),
-        namespace="locations",
-        kind="shadow",
-        teacher_model=TEACHER,
-        student_model=FT,
-        teacher_answer=None,
-        student_answer=None,
-        agreed=True,
-        error=None,
-        teacher_ms=1.0,
-        student_ms=2.0,
-    )
+    comparison = shadow_comparison()
     store.add(comparison)
     store.count("locations", "student_calls", time.time(), 3)
 
