@@ -36,9 +36,16 @@ class Refusal(Exception):
         super().__init__(message)
         self.status, self.code, self.kind, self.param = status, code, kind, param
 
+    def body(self) -> bytes:
+        return orjson.dumps(routing.error_body(str(self), self.code, self.kind, self.param))
+
     def response(self) -> web.Response:
-        body = orjson.dumps(routing.error_body(str(self), self.code, self.kind, self.param))
-        return web.Response(status=self.status, body=body, content_type="application/json")
+        return web.Response(status=self.status, body=self.body(), content_type="application/json")
+
+
+def opted_out(headers: Mapping[str, str]) -> bool:
+    """The client asked for this call not to be recorded (``X-Curation-Log: off``)."""
+    return headers.get("X-Curation-Log", "").strip().lower() in ("off", "0", "false", "no")
 
 
 def route(request: web.Request, default_namespace: str) -> routing.Route:

@@ -182,7 +182,7 @@ class Proxy:
         return None
 
     def _should_record(self, request: web.Request, namespace: str | None) -> bool:
-        if request.headers.get("X-Curation-Log", "").strip().lower() in ("off", "0", "false", "no"):
+        if admission.opted_out(request.headers):
             self.metrics.unrecorded.labels("opt_out").inc()
             return False
         if not namespace:

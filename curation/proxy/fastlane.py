@@ -32,20 +32,23 @@ from dataclasses import dataclass, field
 from typing import cast
 
 import httptools
-import orjson
 from multidict import CIMultiDict
 from prometheus_client import Counter
 
 from curation.proxy import feedback, protocol, routing
-from curation.proxy.admission import Refusal, check_key
-from curation.proxy.app import Proxy, upstream_raw_path
-from curation.proxy.relay import Call, upstream_failed, upstream_timeout
-from curation.proxy.sse import EndOfStream
+from curation.proxy.admission import Refusal, check_key, opted_out
+from curation.proxy.app import KINDS, Proxy, upstream_raw_path
+from curation.proxy.relay import (
+    Call,
+    StreamRecording,
+    client_headers,
+    upstream_failed,
+    upstream_timeout,
+)
 from curation.proxy.upstream import Cut, Response, UpstreamError
 
 log = logging.getLogger("curation.proxy")
 
-KINDS = {"chat.completions": "chat", "responses": "responses"}
 HIGH_WATER = 1 << 16  # a client reading slowly: wait before writing more
 HEAD_CAP = 64 * 1024  # a request head longer than this is aiohttp's (its per-line limits)
 BODY_GRACE = 0.5  # a body not whole this long after its head is aiohttp's to read and time
@@ -115,11 +118,9 @@ class Front(asyncio.Protocol):
     def _reset(self) -> None:
         self.url = b""
         self.headers: list[tuple[str, str]] = []
-        self.header_bytes = 0
         self.body: list[bytes] = []
         self.head_length = 0
         self.content_length = 0
-        self.whole = False
         self.head_seen = False
 
     # -- asyncio ---------------------------------------------------------
@@ -141,7 +142,7 @@ class Front(asyncio.Protocol):
         self.lane.connections.discard(self)
         if self.admitted and not self.handed:
             self.admitted = False
-            self.lane.gate.open -= 1
+            self.lane.gate.leave()
 
     def data_received(self, data: bytes) -> None:
         self.raw += data
@@ -225,7 +226,6 @@ class Front(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
-        self.whole = True
         raise Whole
 
     # -- a whole request -----------------------------------------------------
@@ -266,7 +266,7 @@ class Front(asyncio.Protocol):
         ns = route.namespace
         if not route.record or not ns or proxy.serving.by_namespace.get(ns) is not None:
             return None
-        if headers.get("X-Curation-Log", "").strip().lower() in ("off", "0", "false", "no"):
+        if opted_out(headers):
             return None
         try:
             check_key(headers, proxy.settings.proxy_keys)
@@ -390,35 +390,26 @@ class Front(asyncio.Protocol):
         head.append(b"Transfer-Encoding: chunked\r\n\r\n")
         self._write(b"".join(head))
         t_first = time.perf_counter()
-        chunks: list[bytes] = []
-        end = EndOfStream()
-        spooled = False
+        recording = StreamRecording(relay, call, answer, record)
         try:
             async for chunk in answer.iter_any():
-                if record:
-                    chunks.append(chunk)
-                    if not spooled and end.feed(chunk):  # spool before the client has it all
-                        relay.record(call, answer, b"".join(chunks), streamed=True)
-                        spooled = True
+                recording.feed(chunk)
                 if self.gone:
                     raise ConnectionResetError
                 self._write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                 if self.writable is not None:
                     await self.writable
-            if record and not spooled:
-                relay.record(call, answer, b"".join(chunks), streamed=True)
+            recording.finish()
             self._write(b"0\r\n\r\n")
         except ConnectionResetError:
             answer.close()
-            if record and not spooled:
-                metrics.unrecorded.labels("client_disconnect").inc()
+            recording.lost("client_disconnect")
             relay.done(call, 499)
             return False
         except (Cut, TimeoutError) as exc:
             answer.close()
             metrics.upstream_errors.labels("cut").inc()
-            if record and not spooled:
-                metrics.unrecorded.labels("upstream_cut").inc()
+            recording.lost("upstream_cut")
             log.warning("upstream stream broke off: %s", type(exc).__name__)
             self.close()  # the client must see a broken stream, not a clean end
             relay.done(call, 502)
@@ -429,9 +420,7 @@ class Front(asyncio.Protocol):
     def _refuse(self, call: Call, refusal: Refusal) -> None:
         """The proxy answers this call itself, in OpenAI's error shape (as ``Relay.answer``)."""
         self.proxy.relay.done(call, refusal.status)
-        body = orjson.dumps(
-            routing.error_body(str(refusal), refusal.code, refusal.kind, refusal.param)
-        )
+        body = refusal.body()
         self._write(
             b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n%s"
             % (
@@ -496,11 +485,8 @@ class Front(asyncio.Protocol):
 def _head(answer: Response, call: Call, recorded: bool, closing: bool) -> list[bytes]:
     """The status line and the upstream's headers as the client gets them."""
     lines = [b"HTTP/1.1 %d %s\r\n" % (answer.status, _phrase(answer.status))]
-    for key, value in answer.headers.items():
-        if key.lower() not in routing.HOP_BY_HOP:
-            lines.append(f"{key}: {value}\r\n".encode("utf-8", "surrogateescape"))
-    if recorded and call.call_id is not None:
-        lines.append(f"{feedback.HEADER}: {call.call_id}\r\n".encode())
+    for key, value in client_headers(answer, call, recorded).items():
+        lines.append(f"{key}: {value}\r\n".encode("utf-8", "surrogateescape"))
     if closing:
         lines.append(b"Connection: close\r\n")
     return lines

@@ -68,6 +68,10 @@ class Gate:
         self.open += 1
         return True
 
+    def leave(self) -> None:
+        """One connection fewer."""
+        self.open -= 1
+
 
 OVER_CAP = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
@@ -107,7 +111,7 @@ class Connection(web.RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         if self.admitted:
             self.admitted = False
-            self.gate.open -= 1
+            self.gate.leave()
         super().connection_lost(exc)
 
     def log_exception(self, *args: Any, **kw: Any) -> None:

@@ -42,6 +42,15 @@ UPSTREAM_CUT = (
 )
 
 
+def client_headers(answer: Answer, call: Call, recorded: bool) -> CIMultiDict[str]:
+    """The upstream's headers as the client gets them (all but hop-by-hop), plus the id
+    feedback names a call by when it is recorded."""
+    headers = routing.client_headers(answer.headers)
+    if recorded and call.call_id is not None:
+        headers[feedback.HEADER] = call.call_id
+    return headers
+
+
 def upstream_timeout(what: str = "answer") -> Refusal:
     """The proxy's 504 when the upstream did not ``answer`` (its head) or ``finish`` in time."""
     return Refusal(504, f"The upstream did not {what} in time.", "upstream_timeout", "api_error")
@@ -95,6 +104,41 @@ class Call:
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # the client's
     job: shadow.Job | None = None  # the shadow or watch call to make once the client is answered
     student_failure_tallied: bool = False  # a 5xx whose body then breaks is one failure
+
+
+@dataclass
+class StreamRecording:
+    """A stream's recording as its chunks pass to the client: spooled as soon as its end
+    is seen, before the client has it all (both the aiohttp path and the fast lane)."""
+
+    relay: Relay
+    call: Call
+    answer: Answer
+    record: bool  # a recorded call with a 2xx answer
+    chunks: list[bytes] = field(default_factory=list)
+    end: EndOfStream = field(default_factory=EndOfStream)
+    spooled: bool = False
+
+    def feed(self, chunk: bytes) -> None:
+        if self.record:
+            self.chunks.append(chunk)
+            if not self.spooled and self.end.feed(chunk):
+                self._spool()
+
+    def finish(self) -> None:
+        """A clean end of the body, even without [DONE] (some engines never send it):
+        the recorder keeps it if every choice finished, else sets it aside."""
+        if self.record and not self.spooled:
+            self._spool()
+
+    def lost(self, reason: str) -> None:
+        """The stream broke off (``client_disconnect``, ``upstream_cut``) before its end."""
+        if self.record and not self.spooled:
+            self.relay.metrics.unrecorded.labels(reason).inc()
+
+    def _spool(self) -> None:
+        self.relay.record(self.call, self.answer, b"".join(self.chunks), streamed=True)
+        self.spooled = True
 
 
 @dataclass(kw_only=True)
@@ -237,13 +281,6 @@ class Relay:
                 answer_ms=(time.perf_counter() - call.t_up) * 1000,
             )
 
-    def _client_headers(self, upstream: Answer, call: Call, recorded: bool) -> CIMultiDict[str]:
-        """The upstream's headers, plus the id feedback names a call by when it is recorded."""
-        headers = routing.client_headers(upstream.headers)
-        if recorded and call.call_id is not None:
-            headers[feedback.HEADER] = call.call_id
-        return headers
-
     # -- writing ---------------------------------------------------------
 
     async def _plain(self, upstream: Answer, call: Call) -> web.StreamResponse:
@@ -266,7 +303,7 @@ class Relay:
         response = web.Response(
             status=upstream.status,
             body=data,
-            headers=self._client_headers(upstream, call, recorded),
+            headers=client_headers(upstream, call, recorded),
         )
         self.done(call, upstream.status, t_done, time.perf_counter() - t_done)
         return response
@@ -277,38 +314,27 @@ class Relay:
         call.kind += "_stream"
         record = call.record and 200 <= upstream.status < 300
         response = web.StreamResponse(
-            status=upstream.status, headers=self._client_headers(upstream, call, record)
+            status=upstream.status, headers=client_headers(upstream, call, record)
         )
-        chunks: list[bytes] = []
-        end = EndOfStream()
-        spooled = False
+        recording = StreamRecording(self, call, upstream, record)
         try:
             await response.prepare(request)
             t_first = time.perf_counter()
             async for chunk in student.chunks(call.head, upstream):
-                if record:
-                    chunks.append(chunk)
-                    if not spooled and end.feed(chunk):  # spool before the client has it all
-                        self.record(call, upstream, b"".join(chunks), streamed=True)
-                        spooled = True
+                recording.feed(chunk)
                 await response.write(chunk)
-            if record and not spooled:
-                # A clean end of the body without [DONE] (some engines never send it):
-                # the recorder keeps it if every choice finished, else sets it aside.
-                self.record(call, upstream, b"".join(chunks), streamed=True)
+            recording.finish()
             await response.write_eof()
         except CLIENT_GONE:
             upstream.close()
-            if record and not spooled:
-                self.metrics.unrecorded.labels("client_disconnect").inc()
+            recording.lost("client_disconnect")
             self.done(call, 499)
             return response
         except (*UPSTREAM_CUT, TimeoutError) as exc:
             upstream.close()
             self.metrics.upstream_errors.labels("cut").inc()
             self.student_failed(call)
-            if record and not spooled:
-                self.metrics.unrecorded.labels("upstream_cut").inc()
+            recording.lost("upstream_cut")
             log.warning("upstream stream broke off: %s", type(exc).__name__)
             if request.transport is not None:
                 request.transport.close()  # the client must see a broken stream, not a clean end
